@@ -1,0 +1,1 @@
+"""Data preparation: the synthetic corpus, LibriSpeech-layout manifests, fbank, BPE."""

@@ -1,0 +1,110 @@
+"""80-dim log-mel filter-bank features stored with lhotse's ``LilcomChunkyWriter``.
+
+Each part becomes ``<prefix>_cuts_<part>.jsonl.gz`` (the completion marker) plus a
+folder ``<prefix>_feats_<part>/`` of ``feats-<shard>.lca`` archives. Shards are
+computed in parallel processes into a temporary folder that is renamed only when
+every shard has finished, so an interrupted stage leaves nothing that looks done.
+A cut whose audio cannot be decoded stops the stage with an error naming the cut and
+its file.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter
+from lhotse.utils import fastcopy
+
+from mvq_kd.data.librispeech import BadAudioError
+from mvq_kd.utils import Pathlike, atomic_path
+
+
+def cuts_path(output_dir: Path, prefix: str, part: str) -> Path:
+    return output_dir / f"{prefix}_cuts_{part}.jsonl.gz"
+
+
+def _extract_shard(args: Tuple[CutSet, Path, int]) -> CutSet:
+    cuts, storage_path, num_mel_bins = args
+    import torch
+
+    torch.set_num_threads(1)  # one process per core
+    extractor = Fbank(FbankConfig(num_mel_bins=num_mel_bins))
+    out = []
+    with LilcomChunkyWriter(storage_path) as writer:
+        for cut in cuts:
+            try:
+                out.append(cut.compute_and_store_features(extractor, writer))
+            except Exception as e:
+                sources = ", ".join(s.source for s in cut.recording.sources)
+                raise BadAudioError(
+                    f"Cannot compute features of cut '{cut.id}' (audio: {sources}): {e}"
+                ) from e
+    return CutSet.from_cuts(out)
+
+
+def compute_fbank(
+    cuts: CutSet,
+    output_dir: Pathlike,
+    part: str,
+    prefix: str,
+    num_jobs: int = 2,
+    speed_perturb: Sequence[float] = (),
+    num_mel_bins: int = 80,
+) -> Optional[CutSet]:
+    """Compute fbank features of one part and write its cut manifest.
+
+    Args:
+        cuts: the part's cuts without features (e.g. ``CutSet.from_manifests``).
+        output_dir: feature folder (e.g. ``data/fbank``).
+        part, prefix: used in the output names.
+        num_jobs: parallel processes (one feature archive each).
+        speed_perturb: extra speed factors, e.g. ``(0.9, 1.1)``: the cut set is the
+            union of the original and the perturbed copies (ids get ``_sp0.9``...).
+        num_mel_bins: feature dimension.
+    Returns:
+        The cuts with features, or ``None`` when the part was already done.
+    """
+    from tqdm import tqdm
+
+    output_dir = Path(output_dir)
+    manifest = cuts_path(output_dir, prefix, part)
+    if manifest.is_file():
+        logging.info(f"{part}: features exist ({manifest}), skipping")
+        return None
+    cuts = cuts.to_eager()
+    cuts = CutSet.from_cuts(
+        [c for c in cuts] + [c.perturb_speed(f) for f in speed_perturb for c in cuts]
+    )
+
+    final_dir = output_dir / f"{prefix}_feats_{part}"
+    tmp_dir = output_dir / f".tmp_{prefix}_feats_{part}"
+    for d in (tmp_dir, final_dir):  # leftovers of an interrupted run
+        shutil.rmtree(d, ignore_errors=True)
+    tmp_dir.mkdir(parents=True)
+
+    num_jobs = max(1, min(num_jobs, len(cuts)))
+    shards = cuts.split(num_jobs) if num_jobs > 1 else [cuts]
+    jobs = [(shard, tmp_dir / f"feats-{i}.lca", num_mel_bins) for i, shard in enumerate(shards)]
+    logging.info(f"{part}: computing fbank of {len(cuts)} cuts with {num_jobs} process(es)")
+    results: List[CutSet] = []
+    if num_jobs == 1:
+        results = [_extract_shard(jobs[0])]
+    else:
+        with ProcessPoolExecutor(num_jobs) as ex:
+            results = list(tqdm(ex.map(_extract_shard, jobs), total=len(jobs), desc=part))
+    tmp_dir.rename(final_dir)
+
+    def relocate(cut):
+        name = Path(cut.features.storage_path).name
+        return fastcopy(cut, features=fastcopy(cut.features, storage_path=str(final_dir / name)))
+
+    done = CutSet.from_cuts(relocate(c) for shard in results for c in shard)
+    with atomic_path(manifest) as tmp:
+        done.to_file(tmp)
+    hours = sum(c.duration for c in done) / 3600
+    logging.info(f"{part}: {len(done)} cuts, {hours:.2f} h of features -> {manifest}")
+    return done

@@ -1,0 +1,229 @@
+"""Data preparation: prepare.sh on LibriSpeech- and synth-layout trees, bad input, resumption."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from lhotse import CutSet, load_manifest
+from lhotse.recipes import prepare_librispeech
+
+from mvq_kd.data.fbank import compute_fbank
+from mvq_kd.data.librispeech import (
+    BadAudioError,
+    EmptyTranscriptError,
+    prepare_librispeech_manifests,
+)
+from mvq_kd.utils import atomic_path
+from tests.conftest import REPO
+
+# LibriSpeech part name -> tiny synth split holding its audio
+LIBRI_PARTS = {
+    "train-clean-100": "train",
+    "dev-clean": "dev",
+    "dev-other": "dev",
+    "test-clean": "test-clean",
+    "test-other": "test-other",
+}
+
+
+def run_prepare(*args, cwd: Path, check=True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHON=sys.executable)
+    proc = subprocess.run(
+        ["bash", str(REPO / "prepare.sh"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"prepare.sh failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def libri_tree(tiny_corpus, tmp_path) -> Path:
+    """A small tree in the LibriSpeech layout: <dl>/LibriSpeech/<part>/<spk>/<chapter>/."""
+    root = tmp_path / "download" / "LibriSpeech"
+    for part, split in LIBRI_PARTS.items():
+        shutil.copytree(tiny_corpus / split, root / part, ignore=shutil.ignore_patterns(".*"))
+    return root
+
+
+def _first_flac(part_dir: Path) -> Path:
+    return sorted(part_dir.rglob("*.flac"))[0]
+
+
+def test_librispeech_path_end_to_end(libri_tree, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # feature paths are relative to the recipe folder
+    dl = libri_tree.parent
+    proc = run_prepare(
+        "--corpus", "librispeech", "--dl-dir", str(dl), "--vocab-size", "60", cwd=tmp_path
+    )
+    data = tmp_path / "data" / "librispeech"
+    for part in LIBRI_PARTS:
+        assert f"{part}: present, skipping" in proc.stdout  # no download
+        cuts = load_manifest(data / "fbank" / f"librispeech_cuts_{part}.jsonl.gz")
+        n_flac = len(list((libri_tree / part).rglob("*.flac")))
+        assert len(cuts) == n_flac
+        feats = cuts[0].load_features()
+        assert feats.shape[1] == 80 and abs(feats.shape[0] - cuts[0].duration * 100) <= 2
+        assert cuts[0].supervisions[0].text
+    assert (data / "lang_bpe_60" / "bpe.model").is_file()
+    assert "Stage 3: MUSAN not requested" in proc.stdout
+
+    # Our manifests equal lhotse's own prepare_librispeech on the same tree.
+    ref = prepare_librispeech(libri_tree, dataset_parts=["test-other"])["test-other"]
+    ours_rec = load_manifest(data / "manifests" / "librispeech_recordings_test-other.jsonl.gz")
+    ours_sup = load_manifest(data / "manifests" / "librispeech_supervisions_test-other.jsonl.gz")
+
+    def by_id(manifest):
+        return sorted((m.to_dict() for m in manifest), key=lambda d: d["id"])
+
+    assert by_id(ours_rec) == by_id(ref["recordings"])
+    assert by_id(ours_sup) == by_id(ref["supervisions"])
+
+    # A re-run of finished stages does no work: nothing is rewritten.
+    outputs = [p for p in data.rglob("*") if p.is_file()]
+    mtimes = {p: p.stat().st_mtime_ns for p in outputs}
+    again = run_prepare(
+        "--corpus", "librispeech", "--dl-dir", str(dl), "--vocab-size", "60", cwd=tmp_path
+    )
+    assert {p: p.stat().st_mtime_ns for p in outputs} == mtimes
+    assert sorted(p for p in data.rglob("*") if p.is_file()) == sorted(outputs)
+    assert "manifests exist" in again.stderr and "features exist" in again.stdout + again.stderr
+    assert "bpe.model exists, skipping" in again.stderr
+
+
+def test_synth_path_with_unlabeled_split(corpus_copy, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    dl = corpus_copy.parent  # stage 0 finds every split done and skips synthesis
+    proc = run_prepare("--dl-dir", str(dl), "--vocab-size", "60", cwd=tmp_path)
+    assert proc.stderr.count("already synthesized") == 5
+    data = tmp_path / "data" / "synth"
+    for part in ("train", "dev", "test-clean", "test-other", "train-unlabeled"):
+        cuts = load_manifest(data / "fbank" / f"synth_cuts_{part}.jsonl.gz")
+        assert cuts[0].load_features().shape[1] == 80
+    unlabeled = load_manifest(data / "fbank" / "synth_cuts_train-unlabeled.jsonl.gz")
+    assert all(c.supervisions[0].text is None for c in unlabeled)
+    # The BPE model never saw the unlabeled transcripts.
+    bpe_text = (data / "lang_bpe_60" / "transcript_words.txt").read_text().splitlines()
+    train = load_manifest(data / "manifests" / "synth_supervisions_train.jsonl.gz")
+    assert sorted(bpe_text) == sorted(s.text for s in train)
+
+
+def test_speed_perturbation(corpus_copy, tmp_path):
+    from mvq_kd.data.librispeech import prepare_part
+
+    recs, sups, _ = prepare_part(corpus_copy / "dev")
+    cuts = compute_fbank(
+        CutSet.from_manifests(recs, sups),
+        tmp_path,
+        "dev",
+        "x",
+        num_jobs=1,
+        speed_perturb=(0.9, 1.1),
+    )
+    assert len(cuts) == 3 * len(recs)
+    sp = [c for c in cuts if c.id.endswith("_sp0.9")]
+    assert len(sp) == len(recs)
+    orig = {c.id: c for c in cuts}
+    c = sp[0]
+    assert c.duration == pytest.approx(orig[c.id[: -len("_sp0.9")]].duration / 0.9, rel=1e-3)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_corrupt_audio_names_the_file(corpus_copy, tmp_path):
+    bad = _first_flac(corpus_copy / "dev")
+    bad.write_bytes(b"this is not a flac file" * 10)
+    with pytest.raises(BadAudioError, match=str(bad)):
+        prepare_librispeech_manifests(corpus_copy, ["dev"], tmp_path / "m", prefix="x")
+    assert not list((tmp_path / "m").glob("*.jsonl.gz"))  # nothing half-written
+
+    # The documented option skips, counts and lists it instead.
+    out = prepare_librispeech_manifests(
+        corpus_copy, ["dev"], tmp_path / "m", prefix="x", on_bad_audio="skip"
+    )
+    recs, _ = out["dev"]
+    n = len(list((corpus_copy / "dev").rglob("*.flac")))
+    assert len(recs) == n - 1 and bad.stem not in recs.ids
+    assert str(bad) in (tmp_path / "m" / "x_bad_audio_dev.txt").read_text()
+
+
+def test_missing_audio_via_prepare_sh(corpus_copy, tmp_path):
+    missing = _first_flac(corpus_copy / "test-clean")
+    missing.unlink()
+    proc = run_prepare(
+        "--dl-dir",
+        str(corpus_copy.parent),
+        "--stage",
+        "1",
+        "--stop-stage",
+        "1",
+        cwd=tmp_path,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert f"Missing audio file {missing}" in proc.stderr
+    assert "--skip-bad-audio" in proc.stderr
+    # With --skip-bad-audio true the stage completes and reports the count.
+    proc = run_prepare(
+        "--dl-dir",
+        str(corpus_copy.parent),
+        "--stage",
+        "1",
+        "--stop-stage",
+        "1",
+        "--skip-bad-audio",
+        "true",
+        cwd=tmp_path,
+    )
+    assert "test-clean: skipped 1 bad audio file(s)" in proc.stderr
+
+
+def test_empty_transcript_rejected_with_cut_id(corpus_copy, tmp_path):
+    trans = sorted((corpus_copy / "test-other").rglob("*.trans.txt"))[0]
+    lines = trans.read_text().splitlines()
+    cut_id = lines[0].split()[0]
+    trans.write_text("\n".join([cut_id] + lines[1:]) + "\n")
+    with pytest.raises(EmptyTranscriptError, match=f"'{cut_id}' at {trans}:1"):
+        prepare_librispeech_manifests(corpus_copy, ["test-other"], tmp_path / "m")
+
+
+def test_truncated_audio_stops_fbank_naming_cut(corpus_copy, tmp_path):
+    from mvq_kd.data.librispeech import prepare_part
+
+    bad = _first_flac(corpus_copy / "dev")
+    recs, sups, _ = prepare_part(corpus_copy / "dev")  # the header is still valid here
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BadAudioError, match=f"cut '{bad.stem}.*{bad.name}"):
+        compute_fbank(CutSet.from_manifests(recs, sups), tmp_path, "dev", "x", num_jobs=2)
+    # Interrupted stage: no manifest, no folder that looks finished.
+    assert not (tmp_path / "x_cuts_dev.jsonl.gz").exists()
+    assert not (tmp_path / "x_feats_dev").exists()
+    # After the fix, the stage runs again from scratch and completes.
+    bad.write_bytes(data)
+    cuts = compute_fbank(CutSet.from_manifests(recs, sups), tmp_path, "dev", "x", num_jobs=2)
+    assert len(cuts) == len(recs) and (tmp_path / "x_cuts_dev.jsonl.gz").is_file()
+    assert not list(tmp_path.glob(".tmp*"))
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.txt"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("partial")
+            raise RuntimeError("killed")
+    assert not target.exists() and not list(tmp_path.iterdir())
+
+
+def test_prepare_sh_rejects_unknown_options(tmp_path):
+    proc = run_prepare("--no-such-option", "1", cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "unknown option --no-such-option" in proc.stderr
+    proc = run_prepare("--help", cwd=tmp_path)
+    assert "--stop-stage" in proc.stdout and "Stage" not in proc.stderr

@@ -1,0 +1,88 @@
+"""The embedded synthetic corpus: layout, determinism, split design."""
+
+import json
+
+import numpy as np
+import soundfile as sf
+
+from mvq_kd.data.synth import (
+    SPLITS,
+    TRAIN_ACCENTS,
+    SynthCorpusConfig,
+    load_sentences,
+    plan_corpus,
+    write_corpus,
+)
+from tests.conftest import TINY
+
+
+def _transcripts(corpus, split):
+    out = {}
+    for trans in (corpus / split).rglob("*.trans.txt"):
+        for line in trans.read_text().splitlines():
+            utt_id, text = line.split(" ", 1)
+            out[utt_id] = text
+    return out
+
+
+def test_librispeech_layout(tiny_corpus):
+    for split in SPLITS:
+        trans = _transcripts(tiny_corpus, split)
+        assert trans, split
+        for utt_id, text in trans.items():
+            spk, chapter, _ = utt_id.split("-")
+            flac = tiny_corpus / split / spk / chapter / f"{utt_id}.flac"
+            info = sf.info(str(flac))
+            assert info.samplerate == 16000 and info.channels == 1 and info.format == "FLAC"
+            assert 0.5 < info.duration < 20
+            assert text == text.upper() and text.strip()
+
+
+def test_deterministic_from_seed(tiny_corpus, tmp_path):
+    again = tmp_path / "again"
+    write_corpus(again, SynthCorpusConfig(**TINY, splits=["test-other"]), num_jobs=1)
+    assert _transcripts(again, "test-other") == _transcripts(tiny_corpus, "test-other")
+    for flac in (again / "test-other").rglob("*.flac"):
+        a, _ = sf.read(str(flac))
+        b, _ = sf.read(str(tiny_corpus / flac.relative_to(again)))
+        np.testing.assert_array_equal(a, b)
+    other = plan_corpus(SynthCorpusConfig(**{**TINY, "seed": 7}))["train"]
+    assert [u.text for u in other] != [
+        u.text for u in plan_corpus(SynthCorpusConfig(**TINY))["train"]
+    ]
+
+
+def test_split_design():
+    plan = plan_corpus(SynthCorpusConfig(**TINY))
+    texts = {s: {u.text for u in utts} for s, utts in plan.items()}
+    for ev in ("dev", "test-clean", "test-other"):
+        assert not texts[ev] & texts["train"], f"{ev} shares sentences with train"
+        assert not texts[ev] & texts["train-unlabeled"]
+    train_voices = {u.voice for u in plan["train"]}
+    # test-clean: voices seen in training; test-other: variants and rates never seen, noisy
+    assert {u.voice for u in plan["test-clean"]} <= train_voices
+    seen_variants = {v.variant for v in train_voices}
+    for u in plan["test-other"]:
+        assert u.voice.variant not in seen_variants
+        assert not 140 <= u.voice.rate <= 200
+        assert u.noise is not None and 5 <= u.noise[1] <= 20
+    assert all(u.voice.language in TRAIN_ACCENTS for u in plan["train"])
+    assert all(u.noise is None for u in plan["train"])
+
+
+def test_sentence_source_has_real_vocabulary():
+    sentences = load_sentences(4, 18)
+    vocab = {w for s in sentences for w in s.split()}
+    assert len(sentences) > 5000 and len(vocab) > 5000
+
+
+def test_resume_after_interruption(corpus_copy, tmp_path):
+    # Simulate a kill in the middle of a split: marker and some files gone.
+    split = corpus_copy / "dev"
+    (split / ".done").unlink()
+    flacs = sorted(split.rglob("*.flac"))
+    flacs[0].unlink()
+    mtime = flacs[1].stat().st_mtime_ns
+    write_corpus(corpus_copy, SynthCorpusConfig(**TINY, splits=["dev"]), num_jobs=1)
+    assert flacs[0].is_file() and flacs[1].stat().st_mtime_ns == mtime
+    assert json.loads((split / ".done").read_text())["utts"] == TINY["dev_utts"]
