@@ -4,10 +4,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from mvq_kd.data.synth import SynthCorpusConfig, write_corpus
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Tiny models: many small ops, where intra-op threads only add synchronisation.
+torch.set_num_threads(1)
 
 TINY = dict(
     train_hours=0.012,
@@ -32,3 +36,27 @@ def corpus_copy(tiny_corpus, tmp_path) -> Path:
     dst = tmp_path / "SynthSpeech"
     shutil.copytree(tiny_corpus, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_corpus, tmp_path_factory) -> dict:
+    """Fbank cuts and a BPE model of the tiny corpus (read-only).
+
+    Returns a dict with ``fbank`` (folder of ``synth_cuts_<part>.jsonl.gz``) and
+    ``bpe_model``. Feature paths inside the manifests are absolute.
+    """
+    from lhotse import CutSet
+
+    from mvq_kd.data.bpe import train_bpe
+    from mvq_kd.data.fbank import compute_fbank
+    from mvq_kd.data.librispeech import prepare_part
+
+    root = tmp_path_factory.mktemp("data")
+    texts = []
+    for part in ("train", "dev", "test-clean", "test-other", "train-unlabeled"):
+        recs, sups, _ = prepare_part(tiny_corpus / part, labeled=part != "train-unlabeled")
+        compute_fbank(CutSet.from_manifests(recs, sups), root / "fbank", part, "synth", num_jobs=1)
+        if part == "train":
+            texts = [s.text for s in sups]
+    bpe = train_bpe(texts, root / "lang_bpe_60", vocab_size=60)
+    return {"fbank": root / "fbank", "bpe_model": bpe}

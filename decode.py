@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Decode test sets with a trained transducer (averaged epoch checkpoints).
+
+    ./decode.py --exp-dir egs/synth/exp/teacher --epoch 10 --avg 3 \
+        --bpe-model data/synth/lang_bpe_500/bpe.model --decoding-method modified_beam_search
+
+Streaming (causal) models decode with a chunked attention mask by default
+(--streaming simulated), or truly chunk by chunk with cached state
+(--streaming chunked). Results: <exp-dir>/<method>/recogs-*, errs-*, wer-summary-*.
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from mvq_kd.dataset import load_cuts
+from mvq_kd.evaluate import DECODING_METHODS, DecodeOptions, decode_cuts, load_model, write_results
+from mvq_kd.utils import setup_logging
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--exp-dir", type=Path, required=True)
+    p.add_argument("--epoch", type=int, required=True, help="last epoch checkpoint to use")
+    p.add_argument("--avg", type=int, default=1, help="number of epoch checkpoints averaged")
+    p.add_argument("--bpe-model", type=Path, required=True)
+    p.add_argument("--manifest-dir", type=Path, default=Path("data/synth/fbank"))
+    p.add_argument("--prefix", default="synth")
+    p.add_argument("--test-parts", nargs="+", default=["test-clean", "test-other"])
+    p.add_argument("--decoding-method", default="greedy_search", choices=DECODING_METHODS)
+    p.add_argument("--beam-size", type=int, default=4)
+    p.add_argument("--streaming", default="simulated", choices=["simulated", "chunked"])
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="encoder frames per chunk (causal models; default: the model's)",
+    )
+    p.add_argument(
+        "--left-context",
+        type=int,
+        default=None,
+        help="encoder frames of left context (default: the model's)",
+    )
+    p.add_argument("--max-duration", type=float, default=300.0)
+    p.add_argument("--device", default="auto")
+    return p
+
+
+def main(argv=None) -> None:
+    import sentencepiece as spm
+
+    args = get_parser().parse_args(argv)
+    setup_logging()
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
+    model, paths = load_model(args.exp_dir, args.epoch, args.avg, device)
+    logging.info(f"Averaged {[p.name for p in paths]}: {model.num_params() / 1e6:.2f} M params")
+    sp = spm.SentencePieceProcessor(model_file=str(args.bpe_model))
+    opts = DecodeOptions(
+        method=args.decoding_method,
+        beam=args.beam_size,
+        chunk_size=args.chunk_size,
+        left_context=args.left_context,
+        streaming=args.streaming,
+    )
+    suffix = f"epoch-{args.epoch}-avg-{args.avg}"
+    if args.decoding_method == "modified_beam_search":
+        suffix += f"-beam-{args.beam_size}"
+    if model.encoder.config.causal:
+        cfg = model.encoder.config
+        chunk = cfg.chunk_size if args.chunk_size is None else args.chunk_size
+        left = cfg.left_context if args.left_context is None else args.left_context
+        suffix += f"-{args.streaming}-chunk-{chunk}-left-{left}"
+    out_dir = args.exp_dir / args.decoding_method
+    for part in args.test_parts:
+        cuts = load_cuts([args.manifest_dir / f"{args.prefix}_cuts_{part}.jsonl.gz"])
+        results = decode_cuts(model, sp, cuts, opts, device, args.max_duration)
+        wer = write_results(out_dir, part, suffix, results)
+        logging.info(f"{part} {suffix}: WER {wer:.2f}% ({len(results)} cuts) -> {out_dir}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Checkpoint averaging, decoding of cut sets and icefall-style result files."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from lhotse import CutSet
+
+from mvq_kd.dataset import AsrDataset, make_loader
+from mvq_kd.decoding import greedy_search_batch, modified_beam_search, streaming_greedy_search
+from mvq_kd.model.transducer import Transducer, TransducerConfig
+from mvq_kd.utils import atomic_path
+
+DECODING_METHODS = ("greedy_search", "modified_beam_search")
+
+
+def average_checkpoints(paths: Sequence[Path]) -> Tuple[Dict[str, torch.Tensor], Dict]:
+    """Average the model weights of several checkpoints (floating-point tensors only).
+
+    Returns:
+        the averaged state dict and the model config dict of the last checkpoint
+        (all must share it).
+    """
+    if not paths:
+        raise ValueError("No checkpoints to average")
+    avg: Dict[str, torch.Tensor] = {}
+    config = None
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"No checkpoint {path}")
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        if config is not None and ckpt["model_config"] != config:
+            raise ValueError(f"{path} has another model config than {paths[0]}")
+        config = ckpt["model_config"]
+        for k, v in ckpt["model"].items():
+            if v.is_floating_point():
+                avg[k] = avg[k] + v.double() if k in avg else v.double()
+            else:
+                avg[k] = v
+    return {
+        k: (v / len(paths)).float() if v.is_floating_point() else v for k, v in avg.items()
+    }, config
+
+
+def load_model(
+    exp_dir: Path, epoch: int, avg: int, device: torch.device
+) -> Tuple[Transducer, List[Path]]:
+    """The model of ``epoch-(epoch-avg+1).pt .. epoch-<epoch>.pt``, averaged, in eval mode.
+
+    Checkpoint keys of training-only modules (e.g. distillation heads) are ignored:
+    the decoding model is the plain transducer.
+    """
+    if avg < 1 or avg > epoch:
+        raise ValueError(f"--avg must be in 1..{epoch} for --epoch {epoch}, got {avg}")
+    paths = [exp_dir / f"epoch-{e}.pt" for e in range(epoch - avg + 1, epoch + 1)]
+    state, config = average_checkpoints(paths)
+    model = Transducer(TransducerConfig.from_dict(config))
+    own = set(model.state_dict())
+    extra = sorted(k for k in state if k not in own)
+    if extra:
+        logging.info(f"Ignoring {len(extra)} training-only tensors (e.g. {extra[0]})")
+    model.load_state_dict({k: v for k, v in state.items() if k in own})
+    return model.to(device).eval(), paths
+
+
+@dataclass
+class DecodeOptions:
+    """How to decode.
+
+    Attributes:
+        method: ``greedy_search`` or ``modified_beam_search``.
+        beam: beam size of modified beam search.
+        chunk_size, left_context: for a causal model, the attention chunk and left
+            context in encoder frames (None: the model's defaults; -1: full context).
+        streaming: ``simulated`` (masked full-utterance forward) or ``chunked`` (true
+            chunk-by-chunk encoding with cached state; greedy search only).
+    """
+
+    method: str = "greedy_search"
+    beam: int = 4
+    chunk_size: Optional[int] = None
+    left_context: Optional[int] = None
+    streaming: str = "simulated"
+
+    def __post_init__(self) -> None:
+        if self.method not in DECODING_METHODS:
+            raise ValueError(f"Unknown decoding method {self.method}; use {DECODING_METHODS}")
+        if self.streaming not in ("simulated", "chunked"):
+            raise ValueError("streaming must be 'simulated' or 'chunked'")
+        if self.streaming == "chunked" and self.method != "greedy_search":
+            raise ValueError("chunk-by-chunk decoding supports greedy_search only")
+
+
+@torch.no_grad()
+def decode_cuts(
+    model: Transducer,
+    sp,
+    cuts: CutSet,
+    opts: DecodeOptions,
+    device: torch.device,
+    max_duration: float = 300.0,
+) -> List[Tuple[str, List[str], List[str]]]:
+    """Decode every cut.
+
+    Returns:
+        ``(cut_id, reference words, hypothesis words)`` per cut, sorted by cut id.
+    """
+    from lhotse.dataset import SimpleCutSampler
+    from tqdm import tqdm
+
+    causal = model.encoder.config.causal
+    if opts.streaming == "chunked" and not causal:
+        raise ValueError("chunk-by-chunk decoding needs a causal (streaming) model")
+    sampler = SimpleCutSampler(cuts, max_duration=max_duration)
+    loader = make_loader(AsrDataset(), sampler, num_workers=0)
+    results = []
+    for batch in tqdm(loader, desc="decoding", leave=False):
+        x = batch["features"].to(device)
+        x_lens = batch["feature_lens"].to(device)
+        if opts.streaming == "chunked":
+            hyps = streaming_greedy_search(model, x, x_lens, opts.chunk_size, opts.left_context)
+        else:
+            enc = model.encoder(x, x_lens, opts.chunk_size, opts.left_context)
+            if opts.method == "greedy_search":
+                hyps = greedy_search_batch(model, enc.out, enc.out_lens)
+            else:
+                hyps = modified_beam_search(model, enc.out, enc.out_lens, beam=opts.beam)
+        for cut, text, hyp in zip(batch["cuts"], batch["texts"], hyps):
+            results.append((cut.id, (text or "").split(), sp.decode(hyp).split()))
+    return sorted(results)
+
+
+def word_errors(ref: List[str], hyp: List[str]) -> Tuple[int, int, int]:
+    """(substitutions, deletions, insertions) of ``hyp`` against ``ref``."""
+    import kaldialign
+
+    sub = dele = ins = 0
+    for r, h in kaldialign.align(ref, hyp, "*"):
+        if r == "*":
+            ins += 1
+        elif h == "*":
+            dele += 1
+        elif r != h:
+            sub += 1
+    return sub, dele, ins
+
+
+def write_results(
+    out_dir: Path, part: str, suffix: str, results: List[Tuple[str, List[str], List[str]]]
+) -> float:
+    """Write ``recogs-``, ``errs-`` and ``wer-summary-<part>-<suffix>.txt``; return WER %."""
+    import kaldialign
+
+    totals = [0, 0, 0]
+    num_words = 0
+    err_lines = []
+    for cut_id, ref, hyp in results:
+        s, d, i = word_errors(ref, hyp)
+        totals = [totals[0] + s, totals[1] + d, totals[2] + i]
+        num_words += len(ref)
+        if s + d + i:
+            ali = kaldialign.align(ref, hyp, "*")
+            words = " ".join(r if r == h else f"({r}->{h})" for r, h in ali)
+            err_lines.append(f"{cut_id}:\t{words}")
+    wer = 100.0 * sum(totals) / max(num_words, 1)
+    name = f"{part}-{suffix}"
+    with atomic_path(out_dir / f"recogs-{name}.txt") as tmp:
+        tmp.write_text("".join(f"{c}:\tref={ref}\n{c}:\thyp={hyp}\n" for c, ref, hyp in results))
+    with atomic_path(out_dir / f"errs-{name}.txt") as tmp:
+        tmp.write_text(
+            f"%WER = {wer:.2f}\nErrors: {totals[2]} insertions, {totals[1]} deletions, "
+            f"{totals[0]} substitutions, over {num_words} reference words\n\n"
+            + "\n".join(err_lines)
+            + "\n"
+        )
+    with atomic_path(out_dir / f"wer-summary-{name}.txt") as tmp:
+        tmp.write_text(f"settings\tWER\n{suffix}\t{wer:.2f}\n")
+    return wer

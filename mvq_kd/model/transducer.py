@@ -1,0 +1,163 @@
+"""Conformer transducer trained with the pruned RNN-T loss (:mod:`mvq_kd.rnnt`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import torch
+from torch import Tensor, nn
+
+from mvq_kd.model.decoder import Decoder
+from mvq_kd.model.encoder import ConformerEncoder, EncoderConfig, EncoderOutput
+from mvq_kd.model.joiner import Joiner
+from mvq_kd.rnnt import do_rnnt_pruning, get_rnnt_prune_ranges, rnnt_loss_pruned, rnnt_loss_smoothed
+
+
+@dataclass
+class TransducerConfig:
+    """Transducer hyper-parameters; ``vocab_size`` includes the blank."""
+
+    encoder: EncoderConfig
+    vocab_size: int
+    blank_id: int = 0
+    decoder_dim: int = 512
+    joiner_dim: int = 512
+    context_size: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.blank_id < self.vocab_size:
+            raise ValueError(f"blank_id={self.blank_id} outside vocab_size={self.vocab_size}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain nested dict (for checkpoints / JSON)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "TransducerConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise ``TypeError``."""
+        d = dict(d)
+        return cls(encoder=EncoderConfig(**d.pop("encoder")), **d)
+
+
+def model_config_to_dict(config: TransducerConfig) -> Dict[str, Any]:
+    """Config as a plain dict, to store in a checkpoint."""
+    return config.to_dict()
+
+
+def model_config_from_dict(d: Dict[str, Any]) -> TransducerConfig:
+    """Config from :func:`model_config_to_dict`'s dict."""
+    return TransducerConfig.from_dict(d)
+
+
+@dataclass
+class TransducerOutput:
+    """Losses (summed over the batch) and the encoder output they were computed from."""
+
+    simple_loss: Tensor
+    pruned_loss: Tensor
+    encoder: EncoderOutput
+
+
+class Transducer(nn.Module):
+    """Conformer encoder + stateless decoder + joiner, with the simple (linear) joiner
+    projections ``simple_am_proj`` / ``simple_lm_proj`` used by the pruned loss."""
+
+    def __init__(self, config: TransducerConfig) -> None:
+        super().__init__()
+        self.config = config
+        enc_dim = config.encoder.d_model
+        self.encoder = ConformerEncoder(config.encoder)
+        self.decoder = Decoder(
+            config.vocab_size, config.decoder_dim, config.blank_id, config.context_size
+        )
+        self.joiner = Joiner(enc_dim, config.decoder_dim, config.joiner_dim, config.vocab_size)
+        self.simple_am_proj = nn.Linear(enc_dim, config.vocab_size)
+        self.simple_lm_proj = nn.Linear(config.decoder_dim, config.vocab_size)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "Transducer":
+        """Freshly initialised model from a config dict (see :func:`model_config_to_dict`)."""
+        return cls(TransducerConfig.from_dict(d))
+
+    @property
+    def blank_id(self) -> int:
+        """Id of the blank symbol."""
+        return self.config.blank_id
+
+    def num_params(self) -> int:
+        """Number of parameters."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(
+        self,
+        x: Tensor,
+        x_lens: Tensor,
+        y_padded: Tensor,
+        y_lens: Tensor,
+        prune_range: int = 5,
+        am_scale: float = 0.0,
+        lm_scale: float = 0.25,
+        chunk_size: Optional[int] = None,
+        left_context: Optional[int] = None,
+        return_qkv: bool = False,
+    ) -> TransducerOutput:
+        """Simple and pruned RNN-T losses, each summed over the batch.
+
+        Args:
+            x: (B, T, F) fbank features.
+            x_lens: (B,) int64 valid frames; every utterance needs at least one
+                encoder frame (``ConformerEncoder.output_lengths(x_lens) >= 1``).
+            y_padded: (B, S) int64 token ids (no blanks); values past ``y_lens`` are
+                ignored.
+            y_lens: (B,) int64 token counts.
+            prune_range: symbols kept per frame for the pruned loss.
+            am_scale / lm_scale: weights of the acoustic-only / LM-only terms of the
+                smoothed simple loss.
+            chunk_size / left_context / return_qkv: see ``ConformerEncoder.forward``.
+
+        Returns:
+            :class:`TransducerOutput`.
+        """
+        blank = self.config.blank_id
+        enc = self.encoder(x, x_lens, chunk_size, left_context, return_qkv)
+        s = y_padded.size(1)
+        y = y_padded.masked_fill(
+            torch.arange(s, device=y_padded.device)[None, :] >= y_lens[:, None], blank
+        )
+        sos_y = torch.cat([torch.full_like(y[:, :1], blank), y], dim=1)  # (B, S + 1)
+        dec = self.decoder(sos_y)  # (B, S + 1, decoder_dim)
+        boundary = torch.zeros(y.size(0), 4, dtype=torch.int64, device=y.device)
+        boundary[:, 2] = y_lens
+        boundary[:, 3] = enc.out_lens
+
+        lm = self.simple_lm_proj(dec)
+        am = self.simple_am_proj(enc.out)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            simple_loss, (px_grad, py_grad) = rnnt_loss_smoothed(
+                lm=lm.float(),
+                am=am.float(),
+                symbols=y,
+                termination_symbol=blank,
+                lm_only_scale=lm_scale,
+                am_only_scale=am_scale,
+                boundary=boundary,
+                reduction="sum",
+                return_grad=True,
+            )
+        ranges = get_rnnt_prune_ranges(px_grad, py_grad, boundary, prune_range)
+        am_pruned, lm_pruned = do_rnnt_pruning(
+            self.joiner.encoder_proj(enc.out), self.joiner.decoder_proj(dec), ranges
+        )
+        logits = self.joiner(am_pruned, lm_pruned, project_input=False)  # (B, T', prune_range, V)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            pruned_loss = rnnt_loss_pruned(
+                logits=logits.float(),
+                symbols=y,
+                ranges=ranges,
+                termination_symbol=blank,
+                boundary=boundary,
+                reduction="sum",
+            )
+        return TransducerOutput(simple_loss=simple_loss, pruned_loss=pruned_loss, encoder=enc)

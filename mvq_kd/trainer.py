@@ -1,0 +1,494 @@
+"""The training loop: transducer loss (+ distillation losses in later recipes), DDP,
+AMP, checkpoints with exact resume, tensorboard and progress logs.
+
+One process per device; ``torchrun`` sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` for
+multi-GPU and multi-node runs (NCCL on GPUs, gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import random
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from lhotse import CutSet
+from torch import Tensor, nn
+
+from mvq_kd.dataset import (
+    AsrDataset,
+    DataConfig,
+    load_cuts,
+    make_loader,
+    make_sampler,
+    train_dataset,
+)
+from mvq_kd.model.encoder import ConformerEncoder
+from mvq_kd.model.transducer import Transducer, TransducerConfig
+from mvq_kd.utils import atomic_path
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up and icefall's Eden decay.
+
+    ``lr(step, epoch) = base_lr * min(1, step / warmup_batches)
+    * ((step^2 + lr_batches^2) / lr_batches^2)^-0.25
+    * ((epoch^2 + lr_epochs^2) / lr_epochs^2)^-0.25`` (epoch counted from 0).
+    """
+
+    base_lr: float = 2e-3
+    warmup_batches: int = 500
+    lr_batches: float = 5000.0
+    lr_epochs: float = 6.0
+    weight_decay: float = 1e-3
+    clip_grad_norm: float = 5.0
+
+
+@dataclass
+class LossConfig:
+    """Pruned RNN-T loss settings and icefall's simple/pruned warm-up.
+
+    Before ``warm_step`` batches the simple-loss scale falls linearly from 1.0 to
+    ``simple_loss_scale`` and the pruned-loss scale rises from 0.1 to 1.0.
+    """
+
+    prune_range: int = 5
+    lm_scale: float = 0.25
+    am_scale: float = 0.0
+    simple_loss_scale: float = 0.5
+    warm_step: int = 2000
+
+    def scales(self, step: int) -> Tuple[float, float]:
+        if step >= self.warm_step:
+            return self.simple_loss_scale, 1.0
+        frac = step / self.warm_step
+        return 1.0 - frac * (1.0 - self.simple_loss_scale), 0.1 + 0.9 * frac
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs (``train.py`` builds it from its arguments)."""
+
+    exp_dir: Path
+    bpe_model: Path
+    model: TransducerConfig
+    data: DataConfig
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    num_epochs: int = 10
+    start_epoch: int = 1
+    start_batch: int = 0
+    save_every_n: int = 0
+    keep_last_k: int = 3
+    log_interval: int = 20
+    seed: int = 42
+    use_fp16: bool = False
+    device: str = "auto"
+
+
+def eden_lr(cfg: OptimConfig, step: int, epoch: int) -> float:
+    """Learning rate after ``step`` batches in (0-based) ``epoch``."""
+    warm = min(1.0, (step + 1) / cfg.warmup_batches)
+    b = ((step**2 + cfg.lr_batches**2) / cfg.lr_batches**2) ** -0.25
+    e = ((epoch**2 + cfg.lr_epochs**2) / cfg.lr_epochs**2) ** -0.25
+    return cfg.base_lr * warm * b * e
+
+
+class CutFilter:
+    """Keep training cuts that the transducer can learn; count and log the others.
+
+    A cut is dropped when its duration is outside ``[min_duration, max_duration]``, or
+    when it has fewer encoder frames (after 4x subsampling) than BPE tokens: the
+    RNN-T loss emits at most one symbol per frame.
+    """
+
+    def __init__(self, sp, min_duration: float, max_duration: float, frame_shift: float = 0.01):
+        self.sp = sp
+        self.min_duration, self.max_duration = min_duration, max_duration
+        self.frame_shift = frame_shift
+        self.num_dropped: Dict[str, int] = {"duration": 0, "too_few_frames": 0}
+
+    def __call__(self, cut) -> bool:
+        if not self.min_duration <= cut.duration <= self.max_duration:
+            self.num_dropped["duration"] += 1
+            return False
+        text = cut.supervisions[0].text if cut.supervisions else None
+        if text:
+            num_frames = int(round(cut.duration / self.frame_shift))
+            enc_frames = int(ConformerEncoder.output_lengths(torch.tensor([num_frames]))[0])
+            num_tokens = len(self.sp.encode(text))
+            if enc_frames < num_tokens:
+                logging.debug(f"Dropping {cut.id}: {enc_frames} frames < {num_tokens} tokens")
+                self.num_dropped["too_few_frames"] += 1
+                return False
+        return True
+
+
+class ResumableSampler(torch.utils.data.Sampler):
+    """Wrap a lhotse sampler so that an iteration can start after ``skip`` batches.
+
+    lhotse's samplers are deterministic given their seed and epoch, so skipping the
+    batches consumed before a checkpoint resumes with exactly the next batch.
+    """
+
+    def __init__(self, sampler) -> None:
+        self.sampler = sampler
+        self.skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[CutSet]:
+        # islice calls iter() once: lhotse samplers restart when iter() is called again.
+        skip, self.skip = self.skip, 0
+        return itertools.islice(self.sampler, skip, None)
+
+
+class SeededAsrDataset(AsrDataset):
+    """An :class:`AsrDataset` whose random augmentation is a function of the batch.
+
+    The torch/python RNGs are re-seeded from the batch's cut ids (inside a forked RNG
+    state), so augmentation does not depend on worker count or on resumption.
+    """
+
+    def __init__(self, base: AsrDataset, seed: int) -> None:
+        super().__init__(base.cut_transforms, base.input_transforms)
+        self.seed = seed
+
+    def __getitem__(self, cuts: CutSet) -> Dict:
+        batch_seed = zlib.crc32(" ".join(sorted(c.id for c in cuts)).encode()) ^ self.seed
+        py_state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(batch_seed)
+            random.seed(batch_seed)
+            try:
+                return super().__getitem__(cuts)
+            finally:
+                random.setstate(py_state)
+
+
+def tokenize(sp, texts: List[Optional[str]], device: torch.device) -> Tuple[Tensor, Tensor]:
+    """BPE ids of a batch: ``(B, S)`` int64 padded with 0, and ``(B,)`` lengths."""
+    ids = [sp.encode(t) if t else [] for t in texts]
+    lens = torch.tensor([len(i) for i in ids], dtype=torch.int64)
+    y = torch.zeros(len(ids), max(1, int(lens.max())), dtype=torch.int64)
+    for i, seq in enumerate(ids):
+        y[i, : len(seq)] = torch.tensor(seq, dtype=torch.int64)
+    return y.to(device), lens.to(device)
+
+
+def _unwrap(model: nn.Module) -> Transducer:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def compute_loss(
+    model: nn.Module,
+    batch: Dict,
+    sp,
+    cfg: LossConfig,
+    step: int,
+    device: torch.device,
+) -> Tuple[Tensor, Dict[str, float]]:
+    """Weighted transducer loss of a batch, normalized per encoder frame.
+
+    Returns:
+        the loss to back-propagate, and summed statistics for logging
+        (``frames``, ``simple_loss``, ``pruned_loss``, ``loss``; losses summed over frames).
+    """
+    x = batch["features"].to(device)
+    x_lens = batch["feature_lens"].to(device)
+    y, y_lens = tokenize(sp, batch["texts"], device)
+    out = model(
+        x,
+        x_lens,
+        y,
+        y_lens,
+        prune_range=cfg.prune_range,
+        am_scale=cfg.am_scale,
+        lm_scale=cfg.lm_scale,
+    )
+    simple_scale, pruned_scale = cfg.scales(step)
+    loss = simple_scale * out.simple_loss + pruned_scale * out.pruned_loss
+    frames = float(out.encoder.out_lens.sum())
+    stats = {
+        "frames": frames,
+        "simple_loss": float(out.simple_loss.detach()),
+        "pruned_loss": float(out.pruned_loss.detach()),
+        "loss": float(loss.detach()),
+    }
+    return loss / frames, stats
+
+
+class Trainer:
+    """Runs :class:`TrainConfig` on this process's rank."""
+
+    def __init__(self, cfg: TrainConfig, rank: int = 0, world_size: int = 1) -> None:
+        import sentencepiece as spm
+
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.device = _pick_device(cfg.device, rank)
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        self.sp = spm.SentencePieceProcessor(model_file=str(cfg.bpe_model))
+        if self.sp.vocab_size() != cfg.model.vocab_size:
+            raise ValueError(
+                f"BPE model {cfg.bpe_model} has {self.sp.vocab_size()} tokens but the model "
+                f"config says vocab_size={cfg.model.vocab_size}"
+            )
+        model = Transducer(cfg.model).to(self.device)
+        self.model: nn.Module = model
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=cfg.optim.base_lr, weight_decay=cfg.optim.weight_decay
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.use_fp16)
+        self.step = 0  # batches trained so far, over all epochs
+        self.epoch = cfg.start_epoch
+        self.batch_in_epoch = 0  # batches of self.epoch already trained
+        self.num_nonfinite = 0
+        self.tb = None
+        if rank == 0:
+            cfg.exp_dir.mkdir(parents=True, exist_ok=True)
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=str(cfg.exp_dir / "tensorboard"))
+        self._resume()
+        if world_size > 1:
+            self.model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.cut_filter = CutFilter(self.sp, cfg.data.min_duration, cfg.data.max_cut_duration)
+        train_cuts = load_cuts(cfg.data.train_cuts).filter(self.cut_filter)
+        self.sampler = ResumableSampler(
+            make_sampler(train_cuts, cfg.data, shuffle=True, world_size=world_size, rank=rank)
+        )
+        self.train_loader = make_loader(
+            SeededAsrDataset(train_dataset(cfg.data), cfg.seed),
+            self.sampler,
+            cfg.data.num_workers,
+            seed=cfg.seed,
+        )
+        valid_sampler = make_sampler(
+            load_cuts(cfg.data.valid_cuts),
+            cfg.data,
+            shuffle=False,
+            world_size=world_size,
+            rank=rank,
+        )
+        self.valid_loader = make_loader(AsrDataset(), valid_sampler, cfg.data.num_workers)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _resume(self) -> None:
+        cfg = self.cfg
+        if cfg.start_batch > 0:
+            path = cfg.exp_dir / f"checkpoint-{cfg.start_batch}.pt"
+        elif cfg.start_epoch > 1:
+            path = cfg.exp_dir / f"epoch-{cfg.start_epoch - 1}.pt"
+        else:
+            return
+        if not path.is_file():
+            raise FileNotFoundError(f"Cannot resume: no checkpoint {path}")
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        if ckpt["model_config"] != cfg.model.to_dict():
+            raise ValueError(
+                f"{path} was trained with another model config: {ckpt['model_config']}"
+            )
+        _unwrap(self.model).load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["grad_scaler"])
+        self.step, self.epoch = ckpt["step"], ckpt["epoch"]
+        self.batch_in_epoch = ckpt["batch_in_epoch"]
+        rng = ckpt["rng"][min(self.rank, len(ckpt["rng"]) - 1)]
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        if torch.cuda.is_available() and rng.get("cuda") is not None:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        logging.info(
+            f"Resumed from {path}: epoch {self.epoch}, {self.batch_in_epoch} batches into it, "
+            f"step {self.step}"
+        )
+
+    def _rng_state(self) -> Dict:
+        return {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+        }
+
+    def save(self, path: Path) -> None:
+        """Write a checkpoint atomically (rank 0 writes; all ranks' RNG states are kept)."""
+        rngs = [self._rng_state()]
+        if self.world_size > 1:
+            gathered = [None] * self.world_size
+            dist.all_gather_object(gathered, rngs[0])
+            rngs = gathered
+        if self.rank != 0:
+            return
+        ckpt = {
+            "model": _unwrap(self.model).state_dict(),
+            "model_config": self.cfg.model.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "grad_scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "rng": rngs,
+            "bpe_model": str(self.cfg.bpe_model),
+        }
+        with atomic_path(path) as tmp:
+            torch.save(ckpt, tmp)
+        logging.info(f"Saved {path}")
+
+    def _remove_old_checkpoints(self) -> None:
+        if self.rank != 0:
+            return
+        ckpts = sorted(
+            self.cfg.exp_dir.glob("checkpoint-*.pt"), key=lambda p: int(p.stem.split("-")[1])
+        )
+        for old in ckpts[: -self.cfg.keep_last_k]:
+            old.unlink()
+
+    # ------------------------------------------------------------------ loops
+
+    def _all_finite(self, loss: Tensor) -> bool:
+        ok = torch.tensor([float(torch.isfinite(loss).all())], device=self.device)
+        if self.world_size > 1:
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        return bool(ok.item() == 1.0)
+
+    def train_one_epoch(self) -> Dict[str, float]:
+        cfg, model = self.cfg, self.model
+        model.train()
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.skip = self.batch_in_epoch
+        for k in self.cut_filter.num_dropped:
+            self.cut_filter.num_dropped[k] = 0
+        totals: Dict[str, float] = {}
+        t0, frames_since = time.time(), 0.0
+        for batch in self.train_loader:
+            lr = eden_lr(cfg.optim, self.step, self.epoch - 1)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=cfg.use_fp16):
+                loss, stats = compute_loss(model, batch, self.sp, cfg.loss, self.step, self.device)
+            self.batch_in_epoch += 1
+            self.step += 1
+            if not self._all_finite(loss):
+                self.num_nonfinite += 1
+                logging.warning(
+                    f"Non-finite loss at step {self.step} (cuts {[c.id for c in batch['cuts']][:4]}"
+                    f"...): batch skipped ({self.num_nonfinite} so far)"
+                )
+                self.optimizer.zero_grad(set_to_none=True)
+                continue
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0.0) + v
+            frames_since += stats["frames"]
+            if self.step % cfg.log_interval == 0:
+                elapsed = time.time() - t0
+                logging.info(
+                    f"epoch {self.epoch} batch {self.batch_in_epoch} step {self.step}: "
+                    f"loss {stats['loss'] / stats['frames']:.4f} (simple "
+                    f"{stats['simple_loss'] / stats['frames']:.4f}, pruned "
+                    f"{stats['pruned_loss'] / stats['frames']:.4f}) lr {lr:.2e} "
+                    f"grad-norm {float(grad_norm):.2f} "
+                    f"{frames_since * 4 * 0.01 / max(elapsed, 1e-9):.1f} s audio/s"
+                )
+                if self.tb is not None:
+                    for k in ("loss", "simple_loss", "pruned_loss"):
+                        self.tb.add_scalar(f"train/{k}", stats[k] / stats["frames"], self.step)
+                    self.tb.add_scalar("train/lr", lr, self.step)
+                    self.tb.add_scalar("train/grad_norm", float(grad_norm), self.step)
+                t0, frames_since = time.time(), 0.0
+            if cfg.save_every_n > 0 and self.step % cfg.save_every_n == 0:
+                self.save(cfg.exp_dir / f"checkpoint-{self.step}.pt")
+                self._remove_old_checkpoints()
+        return totals
+
+    @torch.no_grad()
+    def validate(self) -> Dict[str, float]:
+        model = self.model
+        model.eval()
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+        for batch in self.valid_loader:
+            _, stats = compute_loss(model, batch, self.sp, self.cfg.loss, self.step, self.device)
+            totals += torch.tensor(
+                [stats["frames"], stats["simple_loss"], stats["pruned_loss"]],
+                dtype=torch.float64,
+                device=self.device,
+            )
+        if self.world_size > 1:
+            dist.all_reduce(totals)
+        model.train()
+        frames, simple, pruned = totals.tolist()
+        return {"simple_loss": simple / frames, "pruned_loss": pruned / frames}
+
+    def train(self) -> None:
+        cfg = self.cfg
+        model = _unwrap(self.model)
+        logging.info(
+            f"Training {model.num_params() / 1e6:.2f} M parameters on {self.device} "
+            f"(world size {self.world_size}), epochs {self.epoch}..{cfg.num_epochs}"
+        )
+        while self.epoch <= cfg.num_epochs:
+            t0 = time.time()
+            totals = self.train_one_epoch()
+            valid = self.validate()
+            frames = max(totals.get("frames", 0.0), 1.0)
+            logging.info(
+                f"Epoch {self.epoch} done in {time.time() - t0:.0f} s: train loss "
+                f"{totals.get('loss', math.nan) / frames:.4f}, valid simple "
+                f"{valid['simple_loss']:.4f} pruned {valid['pruned_loss']:.4f}; dropped cuts "
+                f"{self.cut_filter.num_dropped}, non-finite batches {self.num_nonfinite}"
+            )
+            if self.tb is not None:
+                for k, v in valid.items():
+                    self.tb.add_scalar(f"valid/{k}", v, self.step)
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            self.save(cfg.exp_dir / f"epoch-{self.epoch - 1}.pt")
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _pick_device(name: str, rank: int) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def run(cfg: TrainConfig) -> None:
+    """Entry point: sets up the process group when launched by torchrun, then trains."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    if world_size > 1:
+        backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend)
+    try:
+        Trainer(cfg, rank, world_size).train()
+    finally:
+        if world_size > 1:
+            dist.destroy_process_group()

@@ -1,0 +1,173 @@
+"""train.py / Trainer on real tiny data: DDP, exact resume, filtering, non-finite skip."""
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from lhotse import CutSet, NumpyFilesWriter, load_manifest
+from lhotse.utils import fastcopy
+
+from mvq_kd.dataset import DataConfig, load_cuts, make_sampler
+from mvq_kd.model.encoder import EncoderConfig
+from mvq_kd.model.transducer import TransducerConfig
+from mvq_kd.trainer import CutFilter, OptimConfig, ResumableSampler, TrainConfig, Trainer
+
+
+def tiny_config(tiny_data, exp_dir: Path, causal: bool = False, **kw) -> TrainConfig:
+    sp = spm.SentencePieceProcessor(model_file=str(tiny_data["bpe_model"]))
+    fbank = tiny_data["fbank"]
+    encoder = EncoderConfig(
+        num_layers=2,
+        d_model=32,
+        num_heads=4,
+        ffn_dim=64,
+        conv_kernel=7,
+        causal=causal,
+        chunk_size=4,
+        left_context=8,
+    )
+    data_opts = {"max_duration": 8.0, "num_buckets": 2, "num_workers": 0, **kw.pop("data", {})}
+    data = DataConfig(
+        train_cuts=[fbank / "synth_cuts_train.jsonl.gz"],
+        valid_cuts=[fbank / "synth_cuts_dev.jsonl.gz"],
+        **data_opts,
+    )
+    return TrainConfig(
+        exp_dir=exp_dir,
+        bpe_model=tiny_data["bpe_model"],
+        model=TransducerConfig(
+            encoder=encoder, vocab_size=sp.vocab_size(), decoder_dim=32, joiner_dim=32
+        ),
+        data=data,
+        optim=OptimConfig(base_lr=3e-3, warmup_batches=2),
+        num_epochs=kw.pop("num_epochs", 1),
+        log_interval=1,
+        device="cpu",
+        **kw,
+    )
+
+
+def params(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_resume_mid_epoch_is_exact(tiny_data, tmp_path):
+    full = Trainer(tiny_config(tiny_data, tmp_path / "a", save_every_n=2, keep_last_k=5))
+    full.train()
+    num_batches = full.step
+    assert num_batches >= 4, "the tiny epoch should have several batches"
+    ckpt = tmp_path / "a" / "checkpoint-2.pt"
+    assert ckpt.is_file() and (tmp_path / "a" / "epoch-1.pt").is_file()
+
+    # Resume from the mid-epoch checkpoint in another folder.
+    (tmp_path / "b").mkdir()
+    shutil.copy(ckpt, tmp_path / "b" / "checkpoint-2.pt")
+    resumed = Trainer(tiny_config(tiny_data, tmp_path / "b", save_every_n=2, start_batch=2))
+    assert (resumed.epoch, resumed.batch_in_epoch, resumed.step) == (1, 2, 2)
+    resumed.train()
+    assert resumed.step == num_batches
+    a, b = params(full.model), params(resumed.model)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    # and it did train: the weights moved away from the checkpoint
+    start = torch.load(ckpt, weights_only=False)["model"]
+    assert any(not torch.equal(start[k], b[k]) for k in start)
+
+
+def test_resumable_sampler_gives_the_next_batch(tiny_data):
+    cfg = tiny_config(tiny_data, Path("unused"))
+    cuts = load_cuts(cfg.data.train_cuts)
+    s1 = ResumableSampler(make_sampler(cuts, cfg.data, shuffle=True))
+    s1.set_epoch(3)
+    batches = [sorted(c.id for c in b) for b in s1]
+    s2 = ResumableSampler(make_sampler(cuts, cfg.data, shuffle=True))
+    s2.set_epoch(3)
+    s2.skip = 2
+    assert [sorted(c.id for c in b) for b in s2] == batches[2:]
+    s2.set_epoch(3)
+    assert [sorted(c.id for c in b) for b in s2] == batches  # skip applies once
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, cfg: TrainConfig, out: Path) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        trainer = Trainer(cfg, rank, world_size)
+        trainer.train()
+        first = [c.id for c in next(iter(trainer.train_loader))["cuts"]]
+        torch.save(
+            {"params": trainer.model.module.state_dict(), "step": trainer.step, "first": first},
+            out / f"rank{rank}.pt",
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_two_gloo_processes_stay_identical(tiny_data, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tiny_config(tiny_data, tmp_path / "exp", data={"max_duration": 5.0})
+    mp.spawn(_ddp_worker, args=(2, port, cfg, tmp_path), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
+    assert r0["step"] == r1["step"] >= 2
+    assert r0["first"] != r1["first"], "ranks must see different batches"
+    for k, v in r0["params"].items():
+        torch.testing.assert_close(v, r1["params"][k], rtol=0, atol=0, msg=k)
+    init = Trainer(tiny_config(tiny_data, tmp_path / "init"))
+    assert any(not torch.equal(v, r0["params"][k]) for k, v in init.model.state_dict().items()), (
+        "training must have changed the weights"
+    )
+    assert (tmp_path / "exp" / "epoch-1.pt").is_file()
+
+
+def test_cut_filter_drops_and_counts(tiny_data):
+    sp = spm.SentencePieceProcessor(model_file=str(tiny_data["bpe_model"]))
+    cuts = load_manifest(tiny_data["fbank"] / "synth_cuts_train.jsonl.gz")
+    cut = cuts[0]
+    filt = CutFilter(sp, 0.5, 20.0)
+    assert filt(cut)
+    long_text = cut.supervisions[0].text + " " + " ".join(["EXTRAORDINARY"] * 40)
+    too_dense = cut.map_supervisions(lambda s: s.transform_text(lambda _: long_text))
+    assert not filt(too_dense)
+    short = cut.truncate(duration=0.3)
+    assert not filt(short)
+    assert filt.num_dropped == {"duration": 1, "too_few_frames": 1}
+
+
+def test_nonfinite_batches_are_skipped_and_counted(tiny_data, tmp_path, caplog):
+    # One cut gets NaN features (stored with a real lhotse writer).
+    cuts = load_manifest(tiny_data["fbank"] / "synth_cuts_train.jsonl.gz").to_eager()
+    bad = cuts[0]
+    feats = bad.load_features()
+    feats[:, :] = np.nan
+    with NumpyFilesWriter(tmp_path / "nan") as w:
+        key = w.write(bad.id, feats)
+        nan_cut = fastcopy(
+            bad,
+            features=fastcopy(
+                bad.features, storage_type=w.name, storage_path=str(w.storage_path), storage_key=key
+            ),
+        )
+    poisoned = CutSet.from_cuts([nan_cut] + list(cuts)[1:])
+    path = tmp_path / "poisoned.jsonl.gz"
+    poisoned.to_file(path)
+    cfg = tiny_config(tiny_data, tmp_path / "exp", data={"spec_augment": False})
+    cfg.data.train_cuts = [path]
+    trainer = Trainer(cfg)
+    trainer.train()
+    assert trainer.num_nonfinite == 1
+    assert "Non-finite loss" in caplog.text and nan_cut.id in caplog.text
+    assert all(
+        torch.isfinite(v).all()
+        for v in trainer.model.state_dict().values()
+        if v.is_floating_point()
+    )

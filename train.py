@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Train a Conformer transducer (teacher or student) with the pruned RNN-T loss.
+
+Single process:
+    ./train.py --exp-dir egs/synth/exp/teacher --manifest-dir data/synth/fbank \
+        --bpe-model data/synth/lang_bpe_500/bpe.model --num-epochs 10
+Several GPUs / nodes (DDP):
+    torchrun --nproc-per-node 4 train.py ...
+Resume: --start-epoch N (from epoch-(N-1).pt) or --start-batch B (from checkpoint-B.pt,
+continuing mid-epoch with exactly the next batch).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from mvq_kd.dataset import DataConfig
+from mvq_kd.model.encoder import EncoderConfig
+from mvq_kd.model.transducer import TransducerConfig
+from mvq_kd.trainer import LossConfig, OptimConfig, TrainConfig, run
+from mvq_kd.utils import setup_logging
+
+
+def str2bool(v: str) -> bool:
+    if v.lower() in ("true", "1", "yes"):
+        return True
+    if v.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {v!r}")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    e = EncoderConfig()
+    g = p.add_argument_group("model")
+    g.add_argument("--num-encoder-layers", type=int, default=e.num_layers)
+    g.add_argument("--encoder-dim", type=int, default=e.d_model)
+    g.add_argument("--num-heads", type=int, default=e.num_heads)
+    g.add_argument("--feedforward-dim", type=int, default=e.ffn_dim)
+    g.add_argument("--conv-kernel", type=int, default=e.conv_kernel)
+    g.add_argument("--dropout", type=float, default=e.dropout)
+    g.add_argument("--causal", type=str2bool, default=False, help="streaming (causal) encoder")
+    g.add_argument(
+        "--chunk-size",
+        type=int,
+        default=e.chunk_size,
+        help="decoding chunk of a causal model, in 40 ms encoder frames",
+    )
+    g.add_argument(
+        "--left-context",
+        type=int,
+        default=e.left_context,
+        help="left context of a causal model in encoder frames (-1: all)",
+    )
+    g.add_argument("--dynamic-chunk-training", type=str2bool, default=True)
+    g.add_argument("--decoder-dim", type=int, default=512)
+    g.add_argument("--joiner-dim", type=int, default=512)
+    g.add_argument("--context-size", type=int, default=2)
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--exp-dir", type=Path, required=True, help="checkpoints and logs go here")
+    p.add_argument("--bpe-model", type=Path, required=True)
+    p.add_argument("--manifest-dir", type=Path, default=Path("data/synth/fbank"))
+    p.add_argument("--prefix", default="synth", help="cut manifest prefix (synth, librispeech)")
+    p.add_argument("--train-parts", nargs="+", default=["train"])
+    p.add_argument("--valid-parts", nargs="+", default=["dev"])
+    p.add_argument("--num-epochs", type=int, default=10)
+    p.add_argument("--start-epoch", type=int, default=1)
+    p.add_argument("--start-batch", type=int, default=0)
+    p.add_argument("--save-every-n", type=int, default=0, help="checkpoint every N batches")
+    p.add_argument("--keep-last-k", type=int, default=3, help="batch checkpoints to keep")
+    p.add_argument("--log-interval", type=int, default=20)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument("--use-fp16", type=str2bool, default=False, help="AMP on CUDA")
+    add_model_args(p)
+    d = p.add_argument_group("data")
+    d.add_argument("--max-duration", type=float, default=200.0, help="seconds per batch")
+    d.add_argument("--num-buckets", type=int, default=10)
+    d.add_argument("--num-workers", type=int, default=2)
+    d.add_argument("--spec-augment", type=str2bool, default=True)
+    d.add_argument("--time-warp-factor", type=int, default=80, help="0 turns time warp off")
+    d.add_argument("--musan", type=Path, default=None, help="MUSAN cuts to mix in")
+    o = p.add_argument_group("optimization")
+    oc, lc = OptimConfig(), LossConfig()
+    o.add_argument("--base-lr", type=float, default=oc.base_lr)
+    o.add_argument("--warmup-batches", type=int, default=oc.warmup_batches)
+    o.add_argument("--lr-batches", type=float, default=oc.lr_batches)
+    o.add_argument("--lr-epochs", type=float, default=oc.lr_epochs)
+    o.add_argument("--weight-decay", type=float, default=oc.weight_decay)
+    o.add_argument("--clip-grad-norm", type=float, default=oc.clip_grad_norm)
+    o.add_argument("--prune-range", type=int, default=lc.prune_range)
+    o.add_argument("--lm-scale", type=float, default=lc.lm_scale)
+    o.add_argument("--am-scale", type=float, default=lc.am_scale)
+    o.add_argument("--simple-loss-scale", type=float, default=lc.simple_loss_scale)
+    o.add_argument("--warm-step", type=int, default=lc.warm_step)
+    return p
+
+
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    import sentencepiece as spm
+
+    vocab_size = spm.SentencePieceProcessor(model_file=str(args.bpe_model)).vocab_size()
+    encoder = EncoderConfig(
+        num_layers=args.num_encoder_layers,
+        d_model=args.encoder_dim,
+        num_heads=args.num_heads,
+        ffn_dim=args.feedforward_dim,
+        conv_kernel=args.conv_kernel,
+        dropout=args.dropout,
+        causal=args.causal,
+        chunk_size=args.chunk_size,
+        left_context=args.left_context,
+        dynamic_chunk_training=args.dynamic_chunk_training,
+    )
+    model = TransducerConfig(
+        encoder=encoder,
+        vocab_size=vocab_size,
+        decoder_dim=args.decoder_dim,
+        joiner_dim=args.joiner_dim,
+        context_size=args.context_size,
+    )
+
+    def cuts(part: str) -> Path:
+        return args.manifest_dir / f"{args.prefix}_cuts_{part}.jsonl.gz"
+
+    data = DataConfig(
+        train_cuts=[cuts(p) for p in args.train_parts],
+        valid_cuts=[cuts(p) for p in args.valid_parts],
+        max_duration=args.max_duration,
+        num_buckets=args.num_buckets,
+        spec_augment=args.spec_augment,
+        time_warp_factor=args.time_warp_factor,
+        musan_cuts=args.musan,
+        num_workers=args.num_workers,
+        seed=args.seed,
+    )
+    optim = OptimConfig(
+        base_lr=args.base_lr,
+        warmup_batches=args.warmup_batches,
+        lr_batches=args.lr_batches,
+        lr_epochs=args.lr_epochs,
+        weight_decay=args.weight_decay,
+        clip_grad_norm=args.clip_grad_norm,
+    )
+    loss = LossConfig(
+        prune_range=args.prune_range,
+        lm_scale=args.lm_scale,
+        am_scale=args.am_scale,
+        simple_loss_scale=args.simple_loss_scale,
+        warm_step=args.warm_step,
+    )
+    return TrainConfig(
+        exp_dir=args.exp_dir,
+        bpe_model=args.bpe_model,
+        model=model,
+        data=data,
+        optim=optim,
+        loss=loss,
+        num_epochs=args.num_epochs,
+        start_epoch=args.start_epoch,
+        start_batch=args.start_batch,
+        save_every_n=args.save_every_n,
+        keep_last_k=args.keep_last_k,
+        log_interval=args.log_interval,
+        seed=args.seed,
+        use_fp16=args.use_fp16,
+        device=args.device,
+    )
+
+
+def main(argv=None) -> None:
+    args = get_parser().parse_args(argv)
+    setup_logging()
+    run(build_config(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
