@@ -58,9 +58,6 @@ def main(argv=None) -> None:
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
-    model, paths = load_model(args.exp_dir, args.epoch, args.avg, device)
-    logging.info(f"Averaged {[p.name for p in paths]}: {model.num_params() / 1e6:.2f} M params")
-    sp = spm.SentencePieceProcessor(model_file=str(args.bpe_model))
     opts = DecodeOptions(
         method=args.decoding_method,
         beam=args.beam_size,
@@ -68,6 +65,9 @@ def main(argv=None) -> None:
         left_context=args.left_context,
         streaming=args.streaming,
     )
+    model, paths = load_model(args.exp_dir, args.epoch, args.avg, device)
+    logging.info(f"Averaged {[p.name for p in paths]}: {model.num_params() / 1e6:.2f} M params")
+    sp = spm.SentencePieceProcessor(model_file=str(args.bpe_model))
     suffix = f"epoch-{args.epoch}-avg-{args.avg}"
     if args.decoding_method == "modified_beam_search":
         suffix += f"-beam-{args.beam_size}"

@@ -35,29 +35,8 @@ synth_seed=42           # the corpus is a function of this seed
 options="corpus stage stop_stage dl_dir data_dir nj vocab_size speed_perturb musan skip_bad_audio
  full_libri synth_train_hours synth_unlabeled_hours synth_seed"
 
-usage() {
-  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
-  echo; echo "Options (--name value):"
-  for name in $options; do
-    printf '  --%-24s %s\n' "$(echo "$name" | tr _ -)" "$(grep -m1 -E "^${name}=" "$0" | sed 's/^[^=]*=//;s/ *#/  #/')"
-  done
-}
-
-while [ $# -gt 0 ]; do
-  case "$1" in
-    -h|--help) usage; exit 0 ;;
-    --*)
-      name=$(echo "${1#--}" | tr '-' '_')
-      if ! echo " $options " | tr '\n' ' ' | grep -q " $name "; then
-        echo "$0: unknown option $1 (see --help)" >&2; exit 1
-      fi
-      [ $# -ge 2 ] || { echo "$0: option $1 needs a value" >&2; exit 1; }
-      printf -v "$name" '%s' "$2"; shift 2 ;;
-    *) echo "$0: unexpected argument $1 (see --help)" >&2; exit 1 ;;
-  esac
-done
-
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+. "$here/local/parse_options.sh" "$@"
 python=${PYTHON:-python3}
 data_dir=${data_dir:-data/$corpus}
 manifests=$data_dir/manifests

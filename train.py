@@ -37,6 +37,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-heads", type=int, default=e.num_heads)
     g.add_argument("--feedforward-dim", type=int, default=e.ffn_dim)
     g.add_argument("--conv-kernel", type=int, default=e.conv_kernel)
+    g.add_argument("--subsampling-channels", type=int, default=e.subsampling_channels)
     g.add_argument("--dropout", type=float, default=e.dropout)
     g.add_argument("--causal", type=str2bool, default=False, help="streaming (causal) encoder")
     g.add_argument(
@@ -55,6 +56,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--decoder-dim", type=int, default=512)
     g.add_argument("--joiner-dim", type=int, default=512)
     g.add_argument("--context-size", type=int, default=2)
+    g.add_argument(
+        "--ctc-loss-scale",
+        type=float,
+        default=0.0,
+        help="weight of an auxiliary CTC loss on the encoder (0: no CTC head)",
+    )
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -108,6 +115,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         num_heads=args.num_heads,
         ffn_dim=args.feedforward_dim,
         conv_kernel=args.conv_kernel,
+        subsampling_channels=args.subsampling_channels,
         dropout=args.dropout,
         causal=args.causal,
         chunk_size=args.chunk_size,
@@ -120,6 +128,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         decoder_dim=args.decoder_dim,
         joiner_dim=args.joiner_dim,
         context_size=args.context_size,
+        ctc_head=args.ctc_loss_scale > 0,
     )
 
     def cuts(part: str) -> Path:
@@ -150,6 +159,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         am_scale=args.am_scale,
         simple_loss_scale=args.simple_loss_scale,
         warm_step=args.warm_step,
+        ctc_loss_scale=args.ctc_loss_scale,
     )
     return TrainConfig(
         exp_dir=args.exp_dir,

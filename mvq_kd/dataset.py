@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from lhotse import CutSet, load_manifest_lazy
-from lhotse.dataset import CutMix, DynamicBucketingSampler, SpecAugment
+from lhotse.dataset import DynamicBucketingSampler, SpecAugment
 from lhotse.dataset.collation import collate_features
 
 
@@ -87,11 +89,54 @@ def load_cuts(paths: Sequence[Path]) -> CutSet:
     return cut_sets[0] if len(cut_sets) == 1 else CutSet.mux(*cut_sets)
 
 
+class NoiseMix:
+    """Mix noise cuts (e.g. MUSAN, with precomputed features) into a batch's cuts.
+
+    Unlike lhotse's ``CutMix``, which keeps one RNG across batches, the choices are
+    drawn from the global ``random`` module, so a dataset that seeds it per batch
+    (:class:`mvq_kd.trainer.SeededAsrDataset`) mixes reproducibly, also after resuming.
+    """
+
+    def __init__(self, noise: CutSet, p: float = 0.5, snr=(10.0, 20.0)) -> None:
+        if len(noise) == 0:
+            raise ValueError("The noise cut set is empty")
+        self.noise, self.p, self.snr = noise, p, snr
+
+    def __call__(self, cuts: CutSet) -> CutSet:
+        return cuts.mix(
+            cuts=self.noise,
+            duration=max(c.duration for c in cuts),
+            snr=self.snr,
+            mix_prob=self.p,
+            seed=random.Random(random.getrandbits(64)),
+        ).to_eager()
+
+
+def feature_stats(cuts: CutSet, max_cuts: int = 500) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-bin mean and standard deviation (each ``(F,)``) over the first ``max_cuts``
+    cuts' features (global CMVN statistics). Cuts with non-finite features are left
+    out with a warning."""
+    total, total_sq, frames = None, None, 0
+    for cut in itertools.islice(cuts, max_cuts):
+        feats = torch.from_numpy(cut.load_features()).double()
+        if not torch.isfinite(feats).all():
+            logging.warning(f"Cut {cut.id} has non-finite features: left out of the statistics")
+            continue
+        total = feats.sum(0) if total is None else total + feats.sum(0)
+        total_sq = (feats**2).sum(0) if total_sq is None else total_sq + (feats**2).sum(0)
+        frames += feats.shape[0]
+    if not frames:
+        raise ValueError("No features to compute normalization statistics from")
+    mean = total / frames
+    std = (total_sq / frames - mean**2).clamp(min=0).sqrt()
+    return mean.float(), std.float()
+
+
 def train_dataset(cfg: DataConfig) -> AsrDataset:
     cut_transforms = []
     if cfg.musan_cuts is not None:
-        logging.info(f"Mixing MUSAN from {cfg.musan_cuts} (p=0.5, SNR 10-20 dB)")
-        cut_transforms.append(CutMix(load_manifest_lazy(cfg.musan_cuts).to_eager(), p=0.5))
+        logging.info(f"Mixing noise from {cfg.musan_cuts} (p=0.5, SNR 10-20 dB)")
+        cut_transforms.append(NoiseMix(load_manifest_lazy(cfg.musan_cuts).to_eager()))
     input_transforms = []
     if cfg.spec_augment:
         input_transforms.append(

@@ -8,6 +8,7 @@ multi-GPU and multi-node runs (NCCL on GPUs, gloo on CPU).
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import os
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 from mvq_kd.dataset import (
     AsrDataset,
     DataConfig,
+    feature_stats,
     load_cuts,
     make_loader,
     make_sampler,
@@ -60,6 +62,7 @@ class LossConfig:
 
     Before ``warm_step`` batches the simple-loss scale falls linearly from 1.0 to
     ``simple_loss_scale`` and the pruned-loss scale rises from 0.1 to 1.0.
+    ``ctc_loss_scale`` weighs the auxiliary CTC loss of models built with a CTC head.
     """
 
     prune_range: int = 5
@@ -67,6 +70,7 @@ class LossConfig:
     am_scale: float = 0.0
     simple_loss_scale: float = 0.5
     warm_step: int = 2000
+    ctc_loss_scale: float = 0.0
 
     def scales(self, step: int) -> Tuple[float, float]:
         if step >= self.warm_step:
@@ -224,8 +228,11 @@ def compute_loss(
         "frames": frames,
         "simple_loss": float(out.simple_loss.detach()),
         "pruned_loss": float(out.pruned_loss.detach()),
-        "loss": float(loss.detach()),
     }
+    if out.ctc_loss is not None:
+        loss = loss + cfg.ctc_loss_scale * out.ctc_loss
+        stats["ctc_loss"] = float(out.ctc_loss.detach())
+    stats["loss"] = float(loss.detach())
     return loss / frames, stats
 
 
@@ -256,13 +263,20 @@ class Trainer:
         self.epoch = cfg.start_epoch
         self.batch_in_epoch = 0  # batches of self.epoch already trained
         self.num_nonfinite = 0
+        self.train_seconds = 0.0  # wall time of finished epochs, kept across resumes
         self.tb = None
         if rank == 0:
             cfg.exp_dir.mkdir(parents=True, exist_ok=True)
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(log_dir=str(cfg.exp_dir / "tensorboard"))
-        self._resume()
+        if not self._resume():
+            mean, std = feature_stats(load_cuts(cfg.data.train_cuts))
+            model.encoder.subsampling.set_feature_stats(mean.to(self.device), std.to(self.device))
+            logging.info(
+                f"Feature normalization from training cuts: mean {float(mean.mean()):.2f}, "
+                f"std {float(std.mean()):.2f} (averaged over bins)"
+            )
         if world_size > 1:
             self.model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
@@ -289,14 +303,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _resume(self) -> None:
+    def _resume(self) -> bool:
+        """Load the checkpoint named by start_epoch/start_batch; False for a fresh start."""
         cfg = self.cfg
         if cfg.start_batch > 0:
             path = cfg.exp_dir / f"checkpoint-{cfg.start_batch}.pt"
         elif cfg.start_epoch > 1:
             path = cfg.exp_dir / f"epoch-{cfg.start_epoch - 1}.pt"
         else:
-            return
+            return False
         if not path.is_file():
             raise FileNotFoundError(f"Cannot resume: no checkpoint {path}")
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
@@ -309,6 +324,7 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["grad_scaler"])
         self.step, self.epoch = ckpt["step"], ckpt["epoch"]
         self.batch_in_epoch = ckpt["batch_in_epoch"]
+        self.train_seconds = ckpt.get("train_seconds", 0.0)
         rng = ckpt["rng"][min(self.rank, len(ckpt["rng"]) - 1)]
         torch.set_rng_state(rng["torch"])
         random.setstate(rng["python"])
@@ -319,6 +335,7 @@ class Trainer:
             f"Resumed from {path}: epoch {self.epoch}, {self.batch_in_epoch} batches into it, "
             f"step {self.step}"
         )
+        return True
 
     def _rng_state(self) -> Dict:
         return {
@@ -345,6 +362,7 @@ class Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
+            "train_seconds": self.train_seconds,
             "rng": rngs,
             "bpe_model": str(self.cfg.bpe_model),
         }
@@ -409,7 +427,13 @@ class Trainer:
                     f"epoch {self.epoch} batch {self.batch_in_epoch} step {self.step}: "
                     f"loss {stats['loss'] / stats['frames']:.4f} (simple "
                     f"{stats['simple_loss'] / stats['frames']:.4f}, pruned "
-                    f"{stats['pruned_loss'] / stats['frames']:.4f}) lr {lr:.2e} "
+                    f"{stats['pruned_loss'] / stats['frames']:.4f}"
+                    + (
+                        f", ctc {stats['ctc_loss'] / stats['frames']:.4f}"
+                        if "ctc_loss" in stats
+                        else ""
+                    )
+                    + f") lr {lr:.2e} "
                     f"grad-norm {float(grad_norm):.2f} "
                     f"{frames_since * 4 * 0.01 / max(elapsed, 1e-9):.1f} s audio/s"
                 )
@@ -463,9 +487,20 @@ class Trainer:
             if self.tb is not None:
                 for k, v in valid.items():
                     self.tb.add_scalar(f"valid/{k}", v, self.step)
+            self.train_seconds += time.time() - t0
             self.epoch += 1
             self.batch_in_epoch = 0
             self.save(cfg.exp_dir / f"epoch-{self.epoch - 1}.pt")
+        if self.rank == 0:
+            summary = {
+                "params": model.num_params(),
+                "epochs": self.epoch - 1,
+                "train_seconds": round(self.train_seconds, 1),
+                "world_size": self.world_size,
+                "device": str(self.device),
+            }
+            with atomic_path(cfg.exp_dir / "train-summary.json") as tmp:
+                tmp.write_text(json.dumps(summary, indent=1) + "\n")
         if self.tb is not None:
             self.tb.close()
 

@@ -15,7 +15,7 @@ Pathlike = Union[str, os.PathLike]
 def atomic_path(path: Pathlike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` only on success.
 
-    An interrupted writer leaves at most a ``*.tmp-<pid>`` file behind, never a
+    An interrupted writer leaves at most a ``.tmp-<pid>-<name>`` file behind, never a
     half-written ``path``. The temporary name keeps the suffixes of ``path`` (so
     ``x.jsonl.gz`` stays gzip-compressed when written by lhotse).
     """

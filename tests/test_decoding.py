@@ -41,6 +41,7 @@ def trained():
         causal=True,
         chunk_size=4,
         left_context=8,
+        subsampling_channels=32,
     )
     model = Transducer(
         TransducerConfig(encoder=enc, vocab_size=VOCAB, decoder_dim=32, joiner_dim=32)

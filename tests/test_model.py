@@ -351,3 +351,55 @@ def test_config_dict_round_trip():
     assert rebuilt.num_params() == model.num_params() == sum(p.numel() for p in model.parameters())
     with pytest.raises(TypeError):
         TransducerConfig.from_dict({**d, "bogus": 1})
+
+
+def test_ctc_head_is_optional_and_trained():
+    plain = tiny_transducer()
+    assert plain.ctc_output is None
+    x, x_lens, y, y_lens = toy_batch()
+    assert plain(x, x_lens, y, y_lens, prune_range=3).ctc_loss is None
+    torch.manual_seed(0)
+    cfg = TransducerConfig(
+        encoder=tiny_encoder_config(True),
+        vocab_size=VOCAB,
+        decoder_dim=24,
+        joiner_dim=24,
+        ctc_head=True,
+    )
+    model = Transducer(cfg).train()
+    res = model(x, x_lens, y, y_lens, prune_range=3)
+    assert res.ctc_loss is not None and torch.isfinite(res.ctc_loss) and res.ctc_loss > 0
+    # CTC of one utterance alone equals its share of the batch sum (padding ignored)
+    model.eval()
+    full = model(x, x_lens, y, y_lens, prune_range=3).ctc_loss
+    parts = sum(
+        model(
+            x[i : i + 1, : x_lens[i]],
+            x_lens[i : i + 1],
+            y[i : i + 1, : y_lens[i]],
+            y_lens[i : i + 1],
+            prune_range=3,
+        ).ctc_loss
+        for i in range(3)
+    )
+    torch.testing.assert_close(full, parts, rtol=1e-4, atol=1e-4)
+    model.train()
+    (res.simple_loss + res.pruned_loss + res.ctc_loss).backward()
+    assert all(p.grad is not None for p in model.parameters()), "DDP needs every gradient"
+
+
+def test_feature_normalization_buffers():
+    enc = make_encoder(causal=True)
+    x, x_lens = batch([40, 33])
+    ref = enc(x, x_lens).out
+    mean, std = torch.randn(NUM_FEATURES), torch.rand(NUM_FEATURES) + 0.5
+    enc.subsampling.set_feature_stats(mean, std)
+    # normalizing inside equals normalizing the input outside with identity stats
+    moved = enc(x * std + mean, x_lens).out
+    torch.testing.assert_close(moved, ref, rtol=1e-4, atol=1e-4)
+    # the statistics are part of the state dict (checkpoints carry them) ...
+    state = enc.state_dict()
+    assert torch.equal(state["subsampling.feat_mean"], mean)
+    # ... and streaming uses them too
+    out, lens = enc.streaming_encode(x * std + mean, x_lens)
+    torch.testing.assert_close(valid(out, lens), valid(moved, lens), rtol=1e-4, atol=1e-4)

@@ -171,3 +171,90 @@ def test_nonfinite_batches_are_skipped_and_counted(tiny_data, tmp_path, caplog):
         for v in trainer.model.state_dict().values()
         if v.is_floating_point()
     )
+
+
+def test_musan_mixing_trains(tiny_data, tmp_path):
+    # Noise cuts with precomputed features, as stage 3 of prepare.sh writes them.
+    noise = load_manifest(tiny_data["fbank"] / "synth_cuts_train-unlabeled.jsonl.gz")
+    noise = CutSet.from_cuts(fastcopy(c, supervisions=[]) for c in noise)
+    noise_path = tmp_path / "musan_cuts_all.jsonl.gz"
+    noise.to_file(noise_path)
+    cfg = tiny_config(tiny_data, tmp_path / "exp", data={"musan_cuts": noise_path})
+    trainer = Trainer(cfg)
+    trainer.sampler.set_epoch(1)
+    cuts = [c for batch in trainer.train_loader for c in batch["cuts"]]
+    mixed = [c for c in cuts if type(c).__name__ == "MixedCut"]
+    assert 0 < len(mixed) < len(cuts), "p=0.5: some cuts are mixed, some are not"
+    for c in mixed:  # speech first, then the (possibly truncated) noise
+        assert c.tracks[0].cut.supervisions and not c.tracks[1].cut.supervisions
+        assert c.tracks[1].cut.recording_id in {n.recording_id for n in noise}
+    trainer.train()
+    assert (tmp_path / "exp" / "epoch-1.pt").is_file()
+
+
+def test_torchrun_cli_two_processes(tiny_data, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    args = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(REPO / "train.py"),
+        "--exp-dir",
+        str(tmp_path / "exp"),
+        "--bpe-model",
+        str(tiny_data["bpe_model"]),
+        "--manifest-dir",
+        str(tiny_data["fbank"]),
+        "--num-epochs",
+        "1",
+        "--num-encoder-layers",
+        "1",
+        "--encoder-dim",
+        "32",
+        "--feedforward-dim",
+        "64",
+        "--decoder-dim",
+        "32",
+        "--joiner-dim",
+        "32",
+        "--max-duration",
+        "5",
+        "--num-buckets",
+        "2",
+        "--num-workers",
+        "0",
+        "--device",
+        "cpu",
+        "--log-interval",
+        "1",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(world size 2)" in proc.stderr
+    summary = (tmp_path / "exp" / "train-summary.json").read_text()
+    assert '"world_size": 2' in summary
+
+
+def test_feature_stats_set_on_fresh_start_and_kept_on_resume(tiny_data, tmp_path):
+    from mvq_kd.dataset import feature_stats
+
+    cuts = load_manifest(tiny_data["fbank"] / "synth_cuts_train.jsonl.gz")
+    feats = np.concatenate([c.load_features() for c in cuts])
+    mean, std = feature_stats(cuts)
+    np.testing.assert_allclose(mean.numpy(), feats.mean(0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(std.numpy(), feats.std(0), rtol=1e-3, atol=1e-3)
+
+    trainer = Trainer(tiny_config(tiny_data, tmp_path / "exp"))
+    sub = trainer.model.encoder.subsampling
+    torch.testing.assert_close(sub.feat_mean, mean)
+    trainer.train()
+    resumed = Trainer(tiny_config(tiny_data, tmp_path / "exp", start_epoch=2, num_epochs=2))
+    torch.testing.assert_close(resumed.model.encoder.subsampling.feat_std, sub.feat_std)

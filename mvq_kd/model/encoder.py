@@ -50,7 +50,8 @@ class EncoderConfig:
     and a left context per batch in training (causal models only): full context with
     probability ``full_context_prob``, otherwise a chunk size uniform in
     ``1 .. max_train_chunk_size`` and a left context that is unlimited half of the
-    time and otherwise uniform in ``0 .. left_context``.
+    time and otherwise uniform in ``0 .. left_context``. ``subsampling_channels`` is
+    the width of the 4x convolutional subsampling.
     """
 
     num_features: int = 80
@@ -66,6 +67,7 @@ class EncoderConfig:
     dynamic_chunk_training: bool = True
     max_train_chunk_size: int = 32
     full_context_prob: float = 0.25
+    subsampling_channels: int = 64
 
     def __post_init__(self) -> None:
         if self.d_model % self.num_heads != 0:
@@ -148,22 +150,39 @@ def chunk_attention_mask(
 
 
 class Conv2dSubsampling(nn.Module):
-    """4x subsampling: (B, T, F) -> (B, T', D), ``T' = ((T - 1) // 2 - 1) // 2``."""
+    """4x subsampling: (B, T, F) -> (B, T', D), ``T' = ((T - 1) // 2 - 1) // 2``.
 
-    def __init__(self, num_features: int, d_model: int, dropout: float) -> None:
+    ``channels`` (the convolutions' width) is independent of ``D``: with ``channels =
+    D`` the second convolution alone costs more than a few Conformer layers.
+
+    The input is first normalized with global per-bin statistics (buffers
+    ``feat_mean``/``feat_std``, set from training data by :meth:`set_feature_stats`;
+    identity by default). Raw log-mel features carry a large constant offset that
+    otherwise dominates every frame after the first LayerNorm and stalls training.
+    """
+
+    def __init__(self, num_features: int, d_model: int, channels: int, dropout: float) -> None:
         super().__init__()
+        self.register_buffer("feat_mean", torch.zeros(num_features))
+        self.register_buffer("feat_std", torch.ones(num_features))
         self.conv = nn.Sequential(
-            nn.Conv2d(1, d_model, kernel_size=3, stride=2),
+            nn.Conv2d(1, channels, kernel_size=3, stride=2),
             nn.ReLU(),
-            nn.Conv2d(d_model, d_model, kernel_size=3, stride=2),
+            nn.Conv2d(channels, channels, kernel_size=3, stride=2),
             nn.ReLU(),
         )
         freq = ((num_features - 1) // 2 - 1) // 2
-        self.proj = nn.Linear(d_model * freq, d_model)
+        self.proj = nn.Linear(channels * freq, d_model)
         self.dropout = nn.Dropout(dropout)
+
+    def set_feature_stats(self, mean: Tensor, std: Tensor) -> None:
+        """Set the global normalization: ``mean``, ``std`` of shape (F,)."""
+        self.feat_mean.copy_(mean)
+        self.feat_std.copy_(std.clamp(min=1e-3))
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, T, F) with T >= 7 -> (B, T', D)."""
+        x = (x - self.feat_mean) / self.feat_std
         h = self.conv(x.unsqueeze(1))  # (B, C, T', F')
         b, c, t, f = h.shape
         return self.dropout(self.proj(h.transpose(1, 2).reshape(b, t, c * f)))
@@ -352,7 +371,9 @@ class ConformerEncoder(nn.Module):
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
         self.config = config
-        self.subsampling = Conv2dSubsampling(config.num_features, config.d_model, config.dropout)
+        self.subsampling = Conv2dSubsampling(
+            config.num_features, config.d_model, config.subsampling_channels, config.dropout
+        )
         self.layers = nn.ModuleList(ConformerLayer(config) for _ in range(config.num_layers))
 
     @staticmethod

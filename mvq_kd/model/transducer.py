@@ -25,6 +25,7 @@ class TransducerConfig:
     decoder_dim: int = 512
     joiner_dim: int = 512
     context_size: int = 2
+    ctc_head: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.blank_id < self.vocab_size:
@@ -58,6 +59,7 @@ class TransducerOutput:
     simple_loss: Tensor
     pruned_loss: Tensor
     encoder: EncoderOutput
+    ctc_loss: Optional[Tensor] = None
 
 
 class Transducer(nn.Module):
@@ -75,6 +77,10 @@ class Transducer(nn.Module):
         self.joiner = Joiner(enc_dim, config.decoder_dim, config.joiner_dim, config.vocab_size)
         self.simple_am_proj = nn.Linear(enc_dim, config.vocab_size)
         self.simple_lm_proj = nn.Linear(config.decoder_dim, config.vocab_size)
+        # Auxiliary CTC head on the encoder output (training only; speeds up learning
+        # the alignment on small data). Created only when used: DDP needs every
+        # parameter to get a gradient.
+        self.ctc_output = nn.Linear(enc_dim, config.vocab_size) if config.ctc_head else None
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "Transducer":
@@ -160,4 +166,18 @@ class Transducer(nn.Module):
                 boundary=boundary,
                 reduction="sum",
             )
-        return TransducerOutput(simple_loss=simple_loss, pruned_loss=pruned_loss, encoder=enc)
+        ctc_loss = None
+        if self.ctc_output is not None:
+            log_probs = self.ctc_output(enc.out).float().log_softmax(-1)  # (B, T', V)
+            ctc_loss = nn.functional.ctc_loss(
+                log_probs.transpose(0, 1),
+                y,
+                enc.out_lens,
+                y_lens,
+                blank=blank,
+                reduction="sum",
+                zero_infinity=True,
+            )
+        return TransducerOutput(
+            simple_loss=simple_loss, pruned_loss=pruned_loss, encoder=enc, ctc_loss=ctc_loss
+        )

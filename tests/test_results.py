@@ -1,0 +1,104 @@
+"""The RESULTS.md table writer (mvq_kd.results)."""
+
+import json
+
+import pytest
+import torch
+
+from mvq_kd.results import BEGIN, END, main
+
+
+def fake_exp(root, name, causal, wers, params=1_234_567, seconds=754.0):
+    exp = root / name
+    (exp / "greedy_search").mkdir(parents=True)
+    (exp / "train-summary.json").write_text(
+        json.dumps({"params": params, "epochs": 3, "train_seconds": seconds})
+    )
+    torch.save({"model_config": {"encoder": {"causal": causal}}}, exp / "epoch-3.pt")
+    for part, wer in zip(("test-clean", "test-other"), wers):
+        (exp / "greedy_search" / f"wer-summary-{part}-epoch-3-avg-1.txt").write_text(
+            f"settings\tWER\nepoch-3-avg-1\t{wer:.2f}\n"
+        )
+    return exp
+
+
+def test_rows_are_added_and_replaced(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text(f"# Title\n\nintro\n\n{BEGIN}\n{END}\n\n## Notes\nkept\n")
+    t = fake_exp(tmp_path, "teacher", False, (3.5, 10.25))
+    s = fake_exp(tmp_path, "student", True, (9.0, 30.0), seconds=3900)
+    common = ["--results", str(results), "--suffix", "epoch-3-avg-1"]
+    main(
+        common
+        + [
+            "--exp-dir",
+            str(t),
+            "--role",
+            "teacher",
+            "--method",
+            "baseline",
+            "--command",
+            "./train.py --a 1",
+        ]
+    )
+    main(
+        common
+        + [
+            "--exp-dir",
+            str(s),
+            "--role",
+            "student",
+            "--method",
+            "baseline",
+            "--command",
+            "./train.py --b 2",
+        ]
+    )
+    text = results.read_text()
+    assert text.startswith("# Title\n\nintro") and text.endswith("## Notes\nkept\n")
+    assert (
+        "| teacher | baseline | no | 1.23 | 3 | 13 min | 3.50 | 10.25 | "
+        "`./train.py --a 1` | `teacher` |"
+    ) in text
+    assert "| student | baseline | yes | 1.23 | 3 | 1 h 05 min | 9.00 | 30.00 |" in text
+    # Re-running replaces the experiment's row instead of adding one.
+    (s / "greedy_search" / "wer-summary-test-other-epoch-3-avg-1.txt").write_text(
+        "settings\tWER\nepoch-3-avg-1\t25.00\n"
+    )
+    main(
+        common
+        + [
+            "--exp-dir",
+            str(s),
+            "--role",
+            "student",
+            "--method",
+            "baseline",
+            "--command",
+            "./train.py --b 2",
+        ]
+    )
+    text = results.read_text()
+    assert text.count("`student` |") == 1 and "| 25.00 |" in text and "| 30.00 |" not in text
+
+
+def test_missing_inputs_are_explained(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text("no table here\n")
+    exp = fake_exp(tmp_path, "x", False, (1.0, 2.0))
+    args = [
+        "--results",
+        str(results),
+        "--exp-dir",
+        str(exp),
+        "--role",
+        "teacher",
+        "--method",
+        "baseline",
+        "--command",
+        "c",
+    ]
+    with pytest.raises(FileNotFoundError, match="wer-summary-test-clean-epoch-9"):
+        main(args + ["--suffix", "epoch-9-avg-1"])
+    with pytest.raises(ValueError, match="no '<!-- results:begin -->'"):
+        main(args + ["--suffix", "epoch-3-avg-1"])
