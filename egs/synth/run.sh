@@ -8,7 +8,7 @@
 #
 # Stages:
 #   0  ./prepare.sh on the synthetic corpus (BPE vocabulary 256)
-#   1  train the teacher: non-streaming Conformer 6 x 192
+#   1  train the teacher: non-streaming Conformer 4 x 192
 #   2  train the student baseline: streaming Conformer 4 x 128 (chunk 160 ms, left 640 ms)
 #   3  decode both (student: simulated and true chunk-by-chunk streaming)
 #   4  write the rows of egs/synth/RESULTS.md
@@ -16,7 +16,7 @@ set -euo pipefail
 
 stage=0                 # first stage to run
 stop_stage=100          # last stage to run
-teacher_epochs=9        # epochs of the teacher
+teacher_epochs=10       # epochs of the teacher
 student_epochs=10       # epochs of the student
 avg=3                   # epoch checkpoints averaged for decoding
 nj=2                    # data preparation jobs
@@ -35,7 +35,7 @@ bpe=data/synth/lang_bpe_$vocab/bpe.model
 common="--bpe-model $bpe --manifest-dir data/synth/fbank --prefix synth --max-duration 20
   --num-workers 1 --base-lr 2e-3 --warmup-batches 200 --warm-step 1000 --spec-augment false
   --decoder-dim 256 --joiner-dim 256 --log-interval 100"
-teacher_opts="--num-encoder-layers 6 --encoder-dim 192 --num-heads 4 --feedforward-dim 768"
+teacher_opts="--num-encoder-layers 4 --encoder-dim 192 --num-heads 4 --feedforward-dim 768"
 student_opts="--num-encoder-layers 4 --encoder-dim 128 --num-heads 4 --feedforward-dim 512
   --causal true --chunk-size 4 --left-context 16"
 teacher_cmd="./train.py --exp-dir $exp/teacher --num-epochs $teacher_epochs $teacher_opts $common"
