@@ -17,16 +17,6 @@ NUM_FEATURES = 16
 VOCAB = 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is as fast, and does not stall when the machine
-    is busy (two spinning OpenMP threads on two busy cores made these tests ~20x slower)."""
-    num_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(num_threads)
-
-
 @pytest.fixture(scope="module")
 def trained():
     torch.manual_seed(0)

@@ -19,16 +19,6 @@ from mvq_kd.model import (
 NUM_FEATURES = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is as fast, and does not stall when the machine
-    is busy (two spinning OpenMP threads on two busy cores made these tests ~20x slower)."""
-    num_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(num_threads)
-
-
 def tiny_encoder_config(causal: bool, **kw) -> EncoderConfig:
     base = dict(
         num_features=NUM_FEATURES,
