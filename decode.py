@@ -14,10 +14,9 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
 from mvq_kd.dataset import load_cuts
 from mvq_kd.evaluate import DECODING_METHODS, DecodeOptions, decode_cuts, load_model, write_results
+from mvq_kd.trainer import pick_device
 from mvq_kd.utils import setup_logging
 
 
@@ -55,9 +54,7 @@ def main(argv=None) -> None:
 
     args = get_parser().parse_args(argv)
     setup_logging()
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    )
+    device = pick_device(args.device)
     opts = DecodeOptions(
         method=args.decoding_method,
         beam=args.beam_size,

@@ -243,7 +243,7 @@ class Trainer:
         import sentencepiece as spm
 
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
-        self.device = _pick_device(cfg.device, rank)
+        self.device = pick_device(cfg.device, rank)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -505,7 +505,8 @@ class Trainer:
             self.tb.close()
 
 
-def _pick_device(name: str, rank: int) -> torch.device:
+def pick_device(name: str, rank: int = 0) -> torch.device:
+    """``"auto"``: this rank's GPU (``LOCAL_RANK``) when CUDA is available, else the CPU."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))

@@ -11,28 +11,16 @@ import pytest
 import torch
 
 from mvq_kd.decoding import greedy_search_batch, modified_beam_search, streaming_greedy_search
-from mvq_kd.model import EncoderConfig, Transducer, TransducerConfig
+from mvq_kd.model import Transducer, TransducerConfig
+from tests.test_model import NUM_FEATURES, tiny_encoder_config
 
-NUM_FEATURES = 16
 VOCAB = 10
 
 
 @pytest.fixture(scope="module")
 def trained():
     torch.manual_seed(0)
-    enc = EncoderConfig(
-        num_features=NUM_FEATURES,
-        num_layers=2,
-        d_model=32,
-        num_heads=4,
-        ffn_dim=64,
-        conv_kernel=5,
-        dropout=0.0,
-        causal=True,
-        chunk_size=4,
-        left_context=8,
-        subsampling_channels=32,
-    )
+    enc = tiny_encoder_config(True, subsampling_channels=32)
     model = Transducer(
         TransducerConfig(encoder=enc, vocab_size=VOCAB, decoder_dim=32, joiner_dim=32)
     )
