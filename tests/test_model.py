@@ -83,7 +83,7 @@ def test_shapes_layers_and_qkv():
     assert res.out.shape == (3, t, 32)
     assert res.out_lens.tolist() == ConformerEncoder.output_lengths(x_lens).tolist()
     assert len(res.layers) == 2 and all(h.shape == (3, t, 32) for h in res.layers)
-    assert torch.equal(res.layers[-1], res.out)
+    assert torch.allclose(res.out, enc.norm_out(res.layers[-1]))
     assert not torch.allclose(res.layers[0], res.layers[1])
     assert len(res.qkv) == 2
     for q, k, v in res.qkv:

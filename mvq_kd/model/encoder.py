@@ -13,9 +13,13 @@ Design choices
   frame index. Attention scores then depend only on the relative offset, and the
   cached keys of a streaming model stay valid as they are (rotated once, when made).
   There is no other positional encoding.
-* **Block**: macaron Conformer, ``x + FFN/2 -> x + MHSA -> x + Conv -> x + FFN/2 ->
-  LayerNorm``, all sub-modules pre-norm. The convolution module normalises with
-  LayerNorm (per frame), so streaming equals the masked forward exactly.
+* **Block**: macaron Conformer, ``x + FFN/2 -> x + MHSA -> x + Conv -> x + FFN/2``,
+  all sub-modules pre-norm, and one LayerNorm after the last block. The original
+  Conformer also normalises the output of every block; on the synthetic corpus that
+  kept a 4 x 192 CTC encoder on the blank plateau for more than 800 updates where the
+  pure pre-norm stack left it after ~300 (``egs/synth/RESULTS.md``). The convolution
+  module normalises with LayerNorm (per frame), so streaming equals the masked
+  forward exactly.
 * **Streaming** (``causal=True``): causal depthwise convolution (left pad
   ``kernel - 1``) and chunk attention masks. With chunk size ``c`` and left context
   ``L``, frame ``i`` attends frame ``j`` iff ``j // c <= i // c`` and
@@ -91,9 +95,10 @@ class EncoderOutput:
     """Result of :meth:`ConformerEncoder.forward`.
 
     Attributes:
-        out: (B, T', D) output of the last layer (== ``layers[-1]``).
+        out: (B, T', D) the encoder output: the final LayerNorm of ``layers[-1]``.
         out_lens: (B,) int64 valid frames per utterance.
-        layers: every layer's output, each (B, T', D); ``layers[0]`` is layer 1.
+        layers: every layer's output (the residual stream, not normalised), each
+            (B, T', D); ``layers[0]`` is layer 1.
         qkv: with ``return_qkv``, per layer ``(q, k, v)``, each (B, H, T', Dh); ``q``
             and ``k`` after the rotary embedding, so ``softmax(q k^T / sqrt(Dh))``
             with the padding/chunk mask is the layer's attention map.
@@ -321,7 +326,7 @@ class ConvolutionModule(nn.Module):
 
 
 class ConformerLayer(nn.Module):
-    """Macaron Conformer block: x + FFN/2, x + MHSA, x + Conv, x + FFN/2, LayerNorm."""
+    """Pre-norm macaron Conformer block: x + FFN/2, x + MHSA, x + Conv, x + FFN/2."""
 
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
@@ -332,7 +337,6 @@ class ConformerLayer(nn.Module):
         self.norm_conv = nn.LayerNorm(cfg.d_model)
         self.conv = ConvolutionModule(cfg.d_model, cfg.conv_kernel, cfg.causal, cfg.dropout)
         self.ff2 = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.dropout)
-        self.norm_out = nn.LayerNorm(cfg.d_model)
 
     def forward(
         self,
@@ -362,11 +366,11 @@ class ConformerLayer(nn.Module):
         c, conv_cache = self.conv(self.norm_conv(x), pad_mask, conv_cache)
         x = x + c
         x = x + 0.5 * self.ff2(x)
-        return self.norm_out(x), qkv, conv_cache
+        return x, qkv, conv_cache
 
 
 class ConformerEncoder(nn.Module):
-    """Conformer encoder: 4x conv subsampling + ``num_layers`` Conformer blocks."""
+    """Conformer encoder: 4x conv subsampling, ``num_layers`` Conformer blocks, LayerNorm."""
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
@@ -375,6 +379,7 @@ class ConformerEncoder(nn.Module):
             config.num_features, config.d_model, config.subsampling_channels, config.dropout
         )
         self.layers = nn.ModuleList(ConformerLayer(config) for _ in range(config.num_layers))
+        self.norm_out = nn.LayerNorm(config.d_model)
 
     @staticmethod
     def output_lengths(x_lens: Tensor) -> Tensor:
@@ -451,7 +456,10 @@ class ConformerEncoder(nn.Module):
             layers.append(h)
             qkvs.append(qkv)
         return EncoderOutput(
-            out=h, out_lens=out_lens, layers=layers, qkv=qkvs if return_qkv else None
+            out=self.norm_out(h),
+            out_lens=out_lens,
+            layers=layers,
+            qkv=qkvs if return_qkv else None,
         )
 
     def init_state(
@@ -545,7 +553,7 @@ class ConformerEncoder(nn.Module):
             conv_cache=conv_cache,
             chunk_lens=chunk_lens,
         )
-        return h, new_state
+        return self.norm_out(h), new_state
 
     def streaming_encode(
         self,
