@@ -12,13 +12,18 @@
 #   2  80-dim fbank features (LilcomChunkyWriter), optional speed perturbation
 #   3  MUSAN noise manifests + fbank (only with --musan true)
 #   4  BPE model (sentencepiece unigram) on the training transcripts
+# MVQ-KD stages (need a teacher: --stop-stage 7 and the --teacher-* options):
+#   5  teacher embeddings of --mvq-num-cuts random training cuts
+#   6  multi-codebook quantizer (--num-codebooks bytes per teacher frame)
+#   7  codebook indexes of every training cut -> <data-dir>/mvq/<prefix>_cuts_<part>.jsonl.gz
+#      (sharded and resumable; run it under torchrun for several GPUs)
 #
-# Outputs go to --data-dir (default data/<corpus>): manifests/, fbank/, lang_bpe_<N>/.
+# Outputs go to --data-dir (default data/<corpus>): manifests/, fbank/, lang_bpe_<N>/, mvq/.
 set -euo pipefail
 
 corpus=synth            # synth | librispeech
 stage=0                 # first stage to run
-stop_stage=100          # last stage to run
+stop_stage=4            # last stage to run (5-7: MVQ, need a teacher)
 dl_dir=download         # where corpora are (or will be) downloaded
 data_dir=               # default: data/$corpus
 nj=2                    # parallel jobs
@@ -31,9 +36,20 @@ full_libri=false        # librispeech: add train-clean-360 and train-other-500
 synth_train_hours=2     # hours of labeled training audio
 synth_unlabeled_hours=2 # hours of unlabeled training audio
 synth_seed=42           # the corpus is a function of this seed
+# MVQ-KD (stages 5-7)
+teacher_kind=conformer  # conformer (a train.py experiment) | hf (transformers / fairseq .pt)
+teacher_model=          # experiment folder, transformers name/folder or fairseq HuBERT .pt
+teacher_layer=          # 1-based teacher layer (HuBERT-XL in the paper: 36)
+teacher_epoch=0         # conformer teacher: last epoch
+teacher_avg=1           # conformer teacher: epochs averaged
+num_codebooks=8         # bytes per teacher frame
+mvq_num_cuts=1000       # training cuts whose embeddings train the quantizer
+store_embeddings=false  # also store fp16 teacher embeddings (L1/L2 KD baselines)
+mvq_dir=                # default: <data-dir>/mvq
 
 options="corpus stage stop_stage dl_dir data_dir nj vocab_size speed_perturb musan skip_bad_audio
- full_libri synth_train_hours synth_unlabeled_hours synth_seed"
+ full_libri synth_train_hours synth_unlabeled_hours synth_seed teacher_kind teacher_model
+ teacher_layer teacher_epoch teacher_avg num_codebooks mvq_num_cuts store_embeddings mvq_dir"
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$here/local/parse_options.sh" "$@"
@@ -42,6 +58,7 @@ data_dir=${data_dir:-data/$corpus}
 manifests=$data_dir/manifests
 fbank=$data_dir/fbank
 lang_dir=$data_dir/lang_bpe_${vocab_size}
+mvq_dir=${mvq_dir:-$data_dir/mvq}
 
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (prepare.sh:${BASH_LINENO[0]}) $*"; }
 
@@ -112,6 +129,36 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   for part in $train_parts; do sups="$sups $manifests/${prefix}_supervisions_${part}.jsonl.gz"; done
   $python "$here/local/train_bpe.py" --supervisions $sups --lang-dir "$lang_dir" \
     --vocab-size "$vocab_size"
+fi
+
+if [ $stop_stage -ge 5 ] && [ $stage -le 7 ]; then
+  if [ -z "$teacher_model" ] || [ -z "$teacher_layer" ]; then
+    echo "$0: stages 5-7 need --teacher-model and --teacher-layer (see --help)" >&2; exit 1
+  fi
+  teacher_args="--teacher-kind $teacher_kind --teacher-model $teacher_model
+    --teacher-layer $teacher_layer --teacher-epoch $teacher_epoch --teacher-avg $teacher_avg"
+fi
+
+if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
+  log "Stage 5: teacher embeddings of $mvq_num_cuts training cuts -> $mvq_dir/embeddings.pt"
+  cuts=""
+  for part in $train_parts; do cuts="$cuts $fbank/${prefix}_cuts_${part}.jsonl.gz"; done
+  $python "$here/local/extract_teacher_embeddings.py" --cuts $cuts --num-cuts $mvq_num_cuts \
+    --output "$mvq_dir/embeddings.pt" $teacher_args
+fi
+
+if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
+  log "Stage 6: quantizer ($num_codebooks bytes per frame) -> $mvq_dir/quantizer.pt"
+  $python "$here/local/train_quantizer.py" --embeddings "$mvq_dir/embeddings.pt" \
+    --num-codebooks $num_codebooks --output "$mvq_dir/quantizer.pt"
+fi
+
+if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
+  log "Stage 7: codebook indexes of the training cuts -> $mvq_dir"
+  # Speed-perturbed copies (_sp0.9, _sp1.1) are cuts of the training manifests too.
+  $python "$here/local/compute_codebook_indexes.py" --manifest-dir "$fbank" --prefix $prefix \
+    --parts $train_parts --quantizer "$mvq_dir/quantizer.pt" --output-dir "$mvq_dir" \
+    --store-embeddings $store_embeddings $teacher_args
 fi
 
 log "Done: stages $stage..$stop_stage of corpus $corpus"

@@ -30,7 +30,7 @@ python=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (run.sh:${BASH_LINENO[0]}) $*"; }
 
-vocab=256
+vocab=64
 bpe=data/synth/lang_bpe_$vocab/bpe.model
 common="--bpe-model $bpe --manifest-dir data/synth/fbank --prefix synth --max-duration 20
   --num-workers 1 --base-lr 2e-3 --warmup-batches 200 --warm-step 1000 --spec-augment false

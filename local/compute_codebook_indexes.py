@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Codebook indexes of every cut of some manifests, stored in new manifests.
+
+For each part, reads <manifest-dir>/<prefix>_cuts_<part>.jsonl.gz and writes
+<output-dir>/<prefix>_cuts_<part>.jsonl.gz whose cuts carry `codebook_indexes`
+(uint8 (T, N) TemporalArray in HDF5 files), `codebook_quantizer_id` and, with
+--store-embeddings true, `teacher_embeddings` (fp16).
+
+Sharded and resumable: finished shards are skipped after a kill. Under torchrun,
+rank r computes shards r, r + world, ...; or give --shard-indexes yourself (several
+machines). The shard manifests are merged when the last shard is done.
+
+    local/compute_codebook_indexes.py --manifest-dir data/synth/fbank --prefix synth \
+        --parts train --quantizer data/synth/mvq/quantizer.pt \
+        --output-dir data/synth/mvq --teacher-model egs/synth/exp/teacher \
+        --teacher-epoch 10 --teacher-avg 3 --teacher-layer 4
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mvq_kd.codebooks import (  # noqa: E402
+    add_teacher_args,
+    compute_codebook_indexes,
+    teacher_spec_from_args,
+)
+from mvq_kd.trainer import pick_device  # noqa: E402
+from mvq_kd.utils import setup_logging  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--manifest-dir", type=Path, required=True)
+    p.add_argument("--prefix", default="librispeech")
+    p.add_argument("--parts", nargs="+", required=True)
+    p.add_argument("--quantizer", type=Path, required=True)
+    p.add_argument("--output-dir", type=Path, required=True)
+    p.add_argument(
+        "--num-shards",
+        type=int,
+        default=0,
+        help="shards per part (default: the torchrun world size, at least 1)",
+    )
+    p.add_argument(
+        "--shard-indexes",
+        type=int,
+        nargs="*",
+        default=None,
+        help="shards this process computes (default: all, or this rank's)",
+    )
+    p.add_argument(
+        "--store-embeddings",
+        choices=["true", "false"],
+        default="false",
+        help="also store the fp16 teacher embeddings (L1/L2 baselines)",
+    )
+    p.add_argument("--max-duration", type=float, default=100.0, help="seconds per batch")
+    p.add_argument("--device", default="auto")
+    add_teacher_args(p)
+    args = p.parse_args()
+    setup_logging()
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    num_shards = args.num_shards or world
+    shards = args.shard_indexes
+    if shards is None:
+        shards = list(range(rank, num_shards, world))
+    bad = [s for s in shards if not 0 <= s < num_shards]
+    if bad:
+        sys.exit(f"--shard-indexes {bad} outside 0..{num_shards - 1}")
+    spec = teacher_spec_from_args(args)
+    for part in args.parts:
+        src = args.manifest_dir / f"{args.prefix}_cuts_{part}.jsonl.gz"
+        if not src.is_file():
+            sys.exit(f"Missing manifest {src}: run the fbank stage of prepare.sh first")
+        compute_codebook_indexes(
+            spec,
+            args.quantizer,
+            src,
+            args.output_dir / src.name,
+            pick_device(args.device, rank),
+            num_shards=num_shards,
+            shards=shards,
+            store_embeddings=args.store_embeddings == "true",
+            max_duration=args.max_duration,
+        )
+
+
+if __name__ == "__main__":
+    main()

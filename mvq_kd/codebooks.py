@@ -1,0 +1,368 @@
+"""Teacher embeddings -> codebook indexes in lhotse manifests (MVQ-KD data preparation).
+
+Three steps, each a program in ``local/`` and a stage of ``prepare.sh``:
+
+1. :func:`sample_embeddings`: embeddings of a random sample of training cuts, to train
+   the quantizer on (``(F, D)`` float16 tensor file).
+2. :func:`mvq_kd.quantization.train_quantizer` on them.
+3. :func:`compute_codebook_indexes`: for every cut of a manifest, the teacher's
+   embeddings are quantized and stored as the cut's custom field ``codebook_indexes``
+   (a lhotse ``TemporalArray``, uint8 ``(T, N)``, the teacher's frame shift) in HDF5
+   files; optionally the fp16 embeddings too (``teacher_embeddings``). Each cut also
+   carries ``codebook_quantizer_id``, checked when training starts.
+
+Step 3 is sharded: the manifest is split into ``num_shards`` contiguous shards; a
+process (a ``torchrun`` rank, or ``--shard-index``) computes its shards, each written
+to its own HDF5 file and manifest; the manifest is written last and atomically, so a
+killed run resumes by skipping finished shards and recomputing unfinished ones.
+When every shard is done the shard manifests are merged, in the input order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from lhotse import CutSet, load_manifest_lazy
+from lhotse.dataset.collation import collate_audio, collate_features
+from lhotse.features.io import NumpyHdf5Writer
+from tqdm import tqdm
+
+from mvq_kd.quantization import Quantizer
+from mvq_kd.teacher import SAMPLE_RATE, ConformerTeacher, HfSslTeacher, Teacher
+from mvq_kd.utils import atomic_path
+
+INDEX_FIELD = "codebook_indexes"
+EMBEDDING_FIELD = "teacher_embeddings"
+QUANTIZER_ID_FIELD = "codebook_quantizer_id"
+
+
+@dataclass
+class TeacherSpec:
+    """Which teacher to run.
+
+    Attributes:
+        kind: ``conformer`` (an experiment folder of ``train.py``) or ``hf`` (a
+            ``transformers`` directory / hub name, or a fairseq HuBERT ``.pt``).
+        model: the folder, name or file.
+        layer: 1-based layer whose output is embedded.
+        epoch, avg: checkpoints averaged (``conformer`` only).
+        normalize: per-utterance waveform normalisation (``hf`` only; None: the
+            model's own setting).
+    """
+
+    kind: str
+    model: str
+    layer: int
+    epoch: int = 0
+    avg: int = 1
+    normalize: Optional[bool] = None
+
+    def build(self, device: torch.device) -> Teacher:
+        if self.kind == "conformer":
+            if self.epoch < 1:
+                raise ValueError("a conformer teacher needs --teacher-epoch (its last epoch)")
+            teacher: Teacher = ConformerTeacher.from_checkpoint(
+                self.model, self.epoch, self.avg, self.layer
+            )
+        elif self.kind == "hf":
+            teacher = HfSslTeacher.from_pretrained(self.model, self.layer, self.normalize)
+        else:
+            raise ValueError(f"unknown teacher kind {self.kind!r} (conformer or hf)")
+        return teacher.to(device).eval()
+
+
+def teacher_batches(
+    teacher: Teacher, cuts: CutSet, max_duration: float
+) -> Iterator[Tuple[List, torch.Tensor, torch.Tensor]]:
+    """Batches of (cuts, inputs, input lengths) in the manifest order: audio resampled
+    to 16 kHz for audio teachers, fbank for fbank teachers."""
+    batch: List = []
+    total = 0.0
+    for cut in cuts:
+        if batch and total + cut.duration > max_duration:
+            yield batch, *_inputs(teacher, batch)
+            batch, total = [], 0.0
+        batch.append(cut)
+        total += cut.duration
+    if batch:
+        yield batch, *_inputs(teacher, batch)
+
+
+def _inputs(teacher: Teacher, cuts: List) -> Tuple[torch.Tensor, torch.Tensor]:
+    cut_set = CutSet.from_cuts(cuts)
+    try:
+        if teacher.input_type == "audio":
+            cut_set = cut_set.resample(SAMPLE_RATE)
+            x, x_lens = collate_audio(cut_set)
+        else:
+            x, x_lens = collate_features(cut_set)
+    except Exception as e:  # name the cuts: lhotse's errors often do not
+        raise RuntimeError(
+            f"Cannot load the {teacher.input_type} of cuts {[c.id for c in cuts][:5]}: {e}"
+        ) from e
+    return x, x_lens.long()
+
+
+def sample_embeddings(
+    spec: TeacherSpec,
+    cuts: CutSet,
+    num_cuts: int,
+    out_path: Path,
+    device: torch.device,
+    max_duration: float = 100.0,
+    seed: int = 0,
+) -> Path:
+    """Embeddings of ``num_cuts`` random cuts, saved as {"embeddings": (F, D) float16,
+    "cut_ids", "frame_shift", "teacher"} to ``out_path`` (skipped if it exists)."""
+    if out_path.is_file():
+        logging.info(f"{out_path} exists, skipping")
+        return out_path
+    ids = sorted(c.id for c in cuts)
+    rng = np.random.default_rng(seed)
+    chosen = set(rng.choice(ids, size=min(num_cuts, len(ids)), replace=False).tolist())
+    subset = cuts.filter(lambda c: c.id in chosen).to_eager()
+    teacher = spec.build(device)
+    chunks = []
+    with tqdm(total=len(subset), desc="teacher embeddings", unit="cut") as bar:
+        for batch, x, x_lens in teacher_batches(teacher, subset, max_duration):
+            out = teacher.embed(x.to(device), x_lens.to(device))
+            for i in range(len(batch)):
+                chunks.append(out.embeddings[i, : int(out.lens[i])].half().cpu())
+            bar.update(len(batch))
+    emb = torch.cat(chunks)
+    with atomic_path(out_path) as tmp:
+        torch.save(
+            {
+                "embeddings": emb,
+                "cut_ids": sorted(chosen),
+                "frame_shift": teacher.frame_shift,
+                "teacher": vars(spec),
+            },
+            tmp,
+        )
+    logging.info(
+        f"Wrote {emb.shape[0]} frames of dim {emb.shape[1]} from {len(subset)} cuts to {out_path}"
+    )
+    return out_path
+
+
+def shard_paths(out_dir: Path, name: str, shard: int) -> Tuple[Path, Path]:
+    """(HDF5 file, manifest) of one shard."""
+    return out_dir / f"{name}.{shard}.h5", out_dir / f"{name}.{shard}.jsonl.gz"
+
+
+def compute_codebook_indexes(
+    spec: TeacherSpec,
+    quantizer_path: Path,
+    cuts_path: Path,
+    out_manifest: Path,
+    device: torch.device,
+    num_shards: int = 1,
+    shards: Optional[Sequence[int]] = None,
+    store_embeddings: bool = False,
+    max_duration: float = 100.0,
+) -> bool:
+    """Compute (or resume) the codebook indexes of every cut of ``cuts_path``.
+
+    Args:
+        spec: the teacher.
+        quantizer_path: a saved :class:`Quantizer` (its id goes into the cuts).
+        cuts_path: input manifest (fbank cuts; audio teachers read the recordings).
+        out_manifest: merged output manifest; shard files go next to it in
+            ``<stem>-shards/``.
+        num_shards: contiguous shards the manifest is split into.
+        shards: the shards this process computes (default: all).
+        store_embeddings: also store the fp16 embeddings (``teacher_embeddings``).
+        max_duration: seconds of audio per teacher batch.
+
+    Returns:
+        True when every shard is done and ``out_manifest`` is written.
+    """
+    if out_manifest.is_file():
+        logging.info(f"{out_manifest} exists, skipping")
+        return True
+    quantizer = Quantizer.load(quantizer_path).to(device)
+    name = out_manifest.name.replace(".jsonl.gz", "")
+    shard_dir = out_manifest.parent / f"{name}-shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    cuts = load_manifest_lazy(cuts_path) if str(cuts_path).endswith(".jsonl.gz") else None
+    if cuts is None:
+        raise ValueError(f"{cuts_path}: expected a .jsonl.gz cut manifest")
+    ids = [c.id for c in cuts]
+    bounds = np.linspace(0, len(ids), num_shards + 1).round().astype(int)
+    todo = range(num_shards) if shards is None else shards
+    teacher = None
+    for shard in todo:
+        h5_path, manifest_path = shard_paths(shard_dir, name, shard)
+        if manifest_path.is_file():
+            logging.info(f"Shard {shard + 1}/{num_shards} done already ({manifest_path})")
+            continue
+        if teacher is None:
+            teacher = spec.build(device)
+            if teacher.dim != quantizer.dim:
+                raise ValueError(
+                    f"Teacher layer {spec.layer} of {spec.model} has dim {teacher.dim}, the "
+                    f"quantizer {quantizer_path} expects {quantizer.dim}"
+                )
+        lo, hi = int(bounds[shard]), int(bounds[shard + 1])
+        shard_cuts = CutSet.from_cuts(itertools.islice(cuts, lo, hi)).to_eager()
+        _compute_shard(
+            teacher,
+            quantizer,
+            shard_cuts,
+            h5_path,
+            manifest_path,
+            store_embeddings,
+            max_duration,
+            device,
+            f"shard {shard + 1}/{num_shards}",
+        )
+    missing = [s for s in range(num_shards) if not shard_paths(shard_dir, name, s)[1].is_file()]
+    if missing:
+        logging.info(f"{len(missing)} shard(s) of {num_shards} still missing; not merging yet")
+        return False
+    with atomic_path(out_manifest) as tmp:
+        merged = CutSet.from_cuts(
+            c
+            for s in range(num_shards)
+            for c in load_manifest_lazy(shard_paths(shard_dir, name, s)[1])
+        )
+        merged.to_file(tmp)
+    logging.info(f"Wrote {out_manifest} ({len(ids)} cuts, quantizer {quantizer.id})")
+    return True
+
+
+def _compute_shard(
+    teacher: Teacher,
+    quantizer: Quantizer,
+    cuts: CutSet,
+    h5_path: Path,
+    manifest_path: Path,
+    store_embeddings: bool,
+    max_duration: float,
+    device: torch.device,
+    desc: str,
+) -> None:
+    qid = quantizer.id
+    out_cuts = []
+    tmp_h5 = h5_path.with_suffix(".partial.h5")
+    tmp_h5.unlink(missing_ok=True)
+    with NumpyHdf5Writer(tmp_h5) as writer, tqdm(total=len(cuts), desc=desc, unit="cut") as bar:
+        for batch, x, x_lens in teacher_batches(teacher, cuts, max_duration):
+            out = teacher.embed(x.to(device), x_lens.to(device))
+            idx = quantizer.encode(out.embeddings).cpu().numpy()
+            emb = out.embeddings.half().cpu().numpy() if store_embeddings else None
+            for i, cut in enumerate(batch):
+                n = int(out.lens[i])
+                cut = cut.with_custom(
+                    INDEX_FIELD,
+                    writer.store_array(
+                        f"{INDEX_FIELD}/{cut.id}",
+                        idx[i, :n],
+                        frame_shift=teacher.frame_shift,
+                        temporal_dim=0,
+                        start=cut.start,
+                    ),
+                )
+                if store_embeddings:
+                    cut = cut.with_custom(
+                        EMBEDDING_FIELD,
+                        writer.store_array(
+                            f"{EMBEDDING_FIELD}/{cut.id}",
+                            emb[i, :n],
+                            frame_shift=teacher.frame_shift,
+                            temporal_dim=0,
+                            start=cut.start,
+                        ),
+                    )
+                out_cuts.append(cut.with_custom(QUANTIZER_ID_FIELD, qid))
+            bar.update(len(batch))
+    # Point the arrays at the final file name, then publish: HDF5 file first, manifest
+    # last (the manifest is the shard's completion marker).
+    for cut in out_cuts:
+        for field in (INDEX_FIELD, EMBEDDING_FIELD):
+            arr = cut.custom.get(field)
+            if arr is not None:
+                arr.array.storage_path = str(h5_path)
+    os.replace(tmp_h5, h5_path)
+    with atomic_path(manifest_path) as tmp:
+        CutSet.from_cuts(out_cuts).to_file(tmp)
+
+
+def add_teacher_args(parser) -> None:
+    """The ``--teacher-*`` options of the ``local/`` MVQ programs."""
+    g = parser.add_argument_group("teacher")
+    g.add_argument(
+        "--teacher-kind",
+        choices=["conformer", "hf"],
+        default="conformer",
+        help="conformer: a train.py experiment folder; hf: a transformers "
+        "folder / hub name or a fairseq HuBERT .pt",
+    )
+    g.add_argument(
+        "--teacher-model",
+        required=True,
+        help="experiment folder, transformers name/folder, or fairseq .pt",
+    )
+    g.add_argument("--teacher-layer", type=int, required=True, help="1-based layer")
+    g.add_argument("--teacher-epoch", type=int, default=0, help="conformer: last epoch")
+    g.add_argument("--teacher-avg", type=int, default=1, help="conformer: epochs averaged")
+    g.add_argument(
+        "--teacher-normalize",
+        choices=["auto", "true", "false"],
+        default="auto",
+        help="hf: per-utterance waveform normalisation (auto: the model's setting)",
+    )
+
+
+def teacher_spec_from_args(args) -> TeacherSpec:
+    normalize = {"auto": None, "true": True, "false": False}[args.teacher_normalize]
+    return TeacherSpec(
+        args.teacher_kind,
+        args.teacher_model,
+        args.teacher_layer,
+        args.teacher_epoch,
+        args.teacher_avg,
+        normalize,
+    )
+
+
+def check_quantizer_ids(cuts: CutSet, expected_id: Optional[str] = None) -> Optional[str]:
+    """The quantizer id shared by the cuts that carry codebook indexes.
+
+    Raises ``ValueError`` naming the cuts when two quantizers made the indexes of one
+    training set, or when the id differs from ``expected_id`` (e.g. that of the
+    quantizer file a recipe names). Returns None when no cut has indexes.
+    """
+    seen: dict = {}
+    for cut in cuts:
+        custom = cut.custom or {}
+        if INDEX_FIELD not in custom:
+            continue
+        qid = custom.get(QUANTIZER_ID_FIELD)
+        if qid is None:
+            raise ValueError(
+                f"Cut {cut.id} has {INDEX_FIELD} but no {QUANTIZER_ID_FIELD}: recompute its "
+                "indexes with local/compute_codebook_indexes.py"
+            )
+        seen.setdefault(qid, cut.id)
+        if len(seen) > 1:
+            (a, ca), (b, cb) = list(seen.items())[:2]
+            raise ValueError(
+                f"Codebook indexes from two quantizers in one training set: cut {ca} has "
+                f"quantizer {a}, cut {cb} has {b}; recompute them with one quantizer"
+            )
+    qid = next(iter(seen), None)
+    if expected_id is not None and qid is not None and qid != expected_id:
+        raise ValueError(
+            f"The codebook indexes were made by quantizer {qid} (e.g. cut {seen[qid]}), "
+            f"not by the expected quantizer {expected_id}"
+        )
+    return qid

@@ -1,0 +1,156 @@
+"""prepare.sh stages 5-7 on the tiny corpus: teacher embeddings -> quantizer -> codebook
+indexes in lhotse manifests, readable by plain lhotse; sharding and resumption."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lhotse import CutSet, load_manifest
+from lhotse.dataset.collation import collate_features
+
+from mvq_kd.codebooks import (
+    INDEX_FIELD,
+    QUANTIZER_ID_FIELD,
+    TeacherSpec,
+    check_quantizer_ids,
+    compute_codebook_indexes,
+)
+from mvq_kd.model.encoder import EncoderConfig
+from mvq_kd.model.transducer import Transducer, TransducerConfig
+from mvq_kd.quantization import Quantizer
+from tests.conftest import REPO
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def teacher_exp(tmp_path_factory) -> Path:
+    """An experiment folder with epoch-1.pt of a tiny (random) non-causal transducer."""
+    torch.manual_seed(0)
+    enc = EncoderConfig(num_layers=2, d_model=32, num_heads=4, ffn_dim=64, conv_kernel=7)
+    config = TransducerConfig(enc, vocab_size=60, decoder_dim=16, joiner_dim=16)
+    exp = tmp_path_factory.mktemp("teacher") / "exp"
+    exp.mkdir()
+    torch.save(
+        {"model": Transducer(config).state_dict(), "model_config": config.to_dict()},
+        exp / "epoch-1.pt",
+    )
+    return exp
+
+
+@pytest.fixture(scope="module")
+def mvq_dir(tiny_data, teacher_exp, tmp_path_factory) -> Path:
+    """Runs ./prepare.sh --stage 5 --stop-stage 7 once for the module."""
+    out = tmp_path_factory.mktemp("mvq") / "mvq"
+    subprocess.run(
+        [
+            "./prepare.sh", "--stage", "5", "--stop-stage", "7",
+            "--data-dir", str(tiny_data["fbank"].parent), "--mvq-dir", str(out),
+            "--teacher-model", str(teacher_exp), "--teacher-epoch", "1",
+            "--teacher-layer", "2", "--num-codebooks", "4", "--mvq-num-cuts", "100",
+        ],
+        cwd=REPO, check=True, env={**os.environ, "PYTHON": str(Path(os.sys.executable))},
+    )  # fmt: skip
+    return out
+
+
+def test_prepare_stages_write_plain_lhotse_manifests(mvq_dir, tiny_data, teacher_exp):
+    cuts = load_manifest(mvq_dir / "synth_cuts_train.jsonl.gz")
+    source = load_manifest(tiny_data["fbank"] / "synth_cuts_train.jsonl.gz")
+    assert [c.id for c in cuts] == [c.id for c in source]
+    quantizer = Quantizer.load(mvq_dir / "quantizer.pt")
+    teacher = TeacherSpec("conformer", str(teacher_exp), layer=2, epoch=1).build(CPU)
+    for cut in list(cuts)[:3]:
+        idx = cut.load_custom(INDEX_FIELD)
+        assert idx.dtype == np.uint8 and idx.shape[1] == 4
+        assert getattr(cut, QUANTIZER_ID_FIELD) == quantizer.id
+        assert cut.codebook_indexes.frame_shift == 0.04
+        x, x_lens = collate_features(CutSet.from_cuts([cut]))
+        out = teacher.embed(x, x_lens.long())
+        assert idx.shape[0] == int(out.lens[0])
+        assert np.array_equal(idx, quantizer.encode(out.embeddings[0]).numpy())
+    # Not stored unless asked for.
+    assert "teacher_embeddings" not in (cuts[0].custom or {})
+    # Re-running skips everything (the merged manifest is the marker).
+    before = (mvq_dir / "synth_cuts_train.jsonl.gz").stat().st_mtime_ns
+    ok = compute_codebook_indexes(
+        TeacherSpec("conformer", str(teacher_exp), layer=2, epoch=1),
+        mvq_dir / "quantizer.pt",
+        tiny_data["fbank"] / "synth_cuts_train.jsonl.gz",
+        mvq_dir / "synth_cuts_train.jsonl.gz",
+        CPU,
+    )
+    assert ok and (mvq_dir / "synth_cuts_train.jsonl.gz").stat().st_mtime_ns == before
+
+
+def indexes(manifest: Path):
+    return {c.id: c.load_custom(INDEX_FIELD) for c in load_manifest(manifest)}
+
+
+def test_killed_run_resumes_with_identical_indexes(mvq_dir, tiny_data, teacher_exp, tmp_path):
+    spec = TeacherSpec("conformer", str(teacher_exp), layer=2, epoch=1)
+    src = tiny_data["fbank"] / "synth_cuts_train.jsonl.gz"
+    q = mvq_dir / "quantizer.pt"
+    ref = tmp_path / "ref" / "synth_cuts_train.jsonl.gz"
+    assert compute_codebook_indexes(spec, q, src, ref, CPU, num_shards=3, max_duration=5)
+
+    # What a kill during shard 1 leaves: shard 0 done, shard 1's partial HDF5 file, and
+    # (from an even earlier kill) shard 2's HDF5 file without its manifest.
+    out = tmp_path / "resumed" / "synth_cuts_train.jsonl.gz"
+    assert not compute_codebook_indexes(
+        spec, q, src, out, CPU, num_shards=3, shards=[0], max_duration=5
+    )
+    assert not out.exists()
+    shards = out.parent / "synth_cuts_train-shards"
+    (shards / "synth_cuts_train.1.partial.h5").write_bytes(b"garbage")
+    (shards / "synth_cuts_train.2.h5").write_bytes(b"garbage")
+    shard0 = (shards / "synth_cuts_train.0.jsonl.gz").stat().st_mtime_ns
+    assert compute_codebook_indexes(spec, q, src, out, CPU, num_shards=3, max_duration=5)
+    assert (shards / "synth_cuts_train.0.jsonl.gz").stat().st_mtime_ns == shard0  # skipped
+    assert not list(shards.glob("*.partial.h5"))
+    a, b = indexes(ref), indexes(out)
+    assert list(a) == list(b) == [c.id for c in load_manifest(src)]
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_store_embeddings_and_quantizer_mismatch(mvq_dir, tiny_data, teacher_exp, tmp_path):
+    spec = TeacherSpec("conformer", str(teacher_exp), layer=1, epoch=1)
+    src = tiny_data["fbank"] / "synth_cuts_dev.jsonl.gz"
+    out = tmp_path / "synth_cuts_dev.jsonl.gz"
+    compute_codebook_indexes(spec, mvq_dir / "quantizer.pt", src, out, CPU, store_embeddings=True)
+    cut = load_manifest(out)[0]
+    emb = cut.load_custom("teacher_embeddings")
+    assert emb.dtype == np.float16 and emb.shape == (cut.load_custom(INDEX_FIELD).shape[0], 32)
+
+    small = Quantizer(torch.randn(2, 256, 8), torch.zeros(8))
+    small.save(tmp_path / "q8.pt")
+    with pytest.raises(ValueError, match="has dim 32, the quantizer .* expects 8"):
+        compute_codebook_indexes(spec, tmp_path / "q8.pt", src, tmp_path / "x.jsonl.gz", CPU)
+
+
+def test_prepare_sh_needs_a_teacher_for_mvq_stages(tiny_data, tmp_path):
+    res = subprocess.run(
+        ["./prepare.sh", "--stage", "5", "--stop-stage", "7",
+         "--data-dir", str(tiny_data["fbank"].parent), "--mvq-dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert res.returncode != 0 and "need --teacher-model and --teacher-layer" in res.stderr
+
+
+def test_quantizer_id_check(mvq_dir, tiny_data):
+    cuts = load_manifest(mvq_dir / "synth_cuts_train.jsonl.gz")
+    qid = Quantizer.load(mvq_dir / "quantizer.pt").id
+    assert check_quantizer_ids(cuts, expected_id=qid) == qid
+    assert (
+        check_quantizer_ids(load_manifest(tiny_data["fbank"] / "synth_cuts_dev.jsonl.gz")) is None
+    )
+    with pytest.raises(ValueError, match="not by the expected quantizer 0000"):
+        check_quantizer_ids(cuts, expected_id="0000")
+    mixed = [
+        c.with_custom(QUANTIZER_ID_FIELD, "other") if i == 3 else c for i, c in enumerate(cuts)
+    ]
+    with pytest.raises(ValueError, match="two quantizers .* has other"):
+        check_quantizer_ids(CutSet.from_cuts(mixed))

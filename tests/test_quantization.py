@@ -1,0 +1,80 @@
+"""Multi-codebook quantizer: shapes, dtype, error, save/load with the id check."""
+
+import pytest
+import torch
+
+from mvq_kd.quantization import Quantizer, QuantizerConfig, train_quantizer
+
+
+def clustered_data(frames: int, dim: int, seed: int = 0) -> torch.Tensor:
+    """Frames with low-rank structure plus noise (like embeddings: quantizable)."""
+    basis = torch.randn(8, dim, generator=torch.Generator().manual_seed(1234))
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(frames, 8, generator=g) @ basis + 0.1 * torch.randn(frames, dim, generator=g)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return clustered_data(3000, 24), clustered_data(500, 24, seed=1)
+
+
+@pytest.fixture(scope="module")
+def quantizer(data):
+    x, _ = data
+    return train_quantizer(x, num_codebooks=4, config=QuantizerConfig(train_iters=3))
+
+
+def test_encode_decode_shapes_and_dtype(quantizer, data):
+    x, _ = data
+    idx = quantizer.encode(x[:10].view(2, 5, 24))
+    assert idx.shape == (2, 5, 4) and idx.dtype == torch.uint8
+    rec = quantizer.decode(idx)
+    assert rec.shape == (2, 5, 24) and rec.dtype == torch.float32
+    # Chunking does not change the result.
+    assert torch.equal(quantizer.encode(x[:100], chunk_frames=7), quantizer.encode(x[:100]))
+
+
+def test_error_falls_with_training_codebooks_and_search(data):
+    x, valid = data
+    cfg = QuantizerConfig(train_iters=0, refine_iters=0, beam=1)
+    base = train_quantizer(x, 2, cfg)
+    trained = train_quantizer(x, 2, QuantizerConfig(train_iters=3))
+    more = train_quantizer(x, 4, QuantizerConfig(train_iters=3))
+    assert trained.relative_error(x) < base.relative_error(x)
+    assert more.relative_error(valid) < trained.relative_error(valid) < 1.0
+    # A wider search and refinement find better indexes for the same codebooks.
+    greedy = Quantizer(trained.codebooks, trained.mean, refine_iters=0, beam=1)
+    assert trained.relative_error(valid) < greedy.relative_error(valid)
+
+
+def test_refinement_never_hurts(quantizer, data):
+    _, valid = data
+    for beam in (1, 4):
+        q0 = Quantizer(quantizer.codebooks, quantizer.mean, refine_iters=0, beam=beam)
+        q3 = Quantizer(quantizer.codebooks, quantizer.mean, refine_iters=3, beam=beam)
+        e0 = (q0.decode(q0.encode(valid)) - valid).pow(2).sum(-1)
+        e3 = (q3.decode(q3.encode(valid)) - valid).pow(2).sum(-1)
+        assert (e3 <= e0 + 1e-4).all()  # ICM never increases any frame's error
+
+
+def test_save_load_and_id_check(quantizer, data, tmp_path):
+    x, _ = data
+    path = tmp_path / "quantizer.pt"
+    quantizer.save(path)
+    loaded = Quantizer.load(path, expected_id=quantizer.id)
+    assert loaded.id == quantizer.id and len(loaded.id) == 16
+    assert torch.equal(loaded.encode(x[:50]), quantizer.encode(x[:50]))
+    with pytest.raises(ValueError, match="recompute the indexes"):
+        Quantizer.load(path, expected_id="0123456789abcdef")
+    other = train_quantizer(x, 4, QuantizerConfig(train_iters=1, seed=3))
+    assert other.id != quantizer.id
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match=">= 256 frames"):
+        train_quantizer(torch.randn(100, 8), 2)
+    q = Quantizer(torch.randn(2, 256, 8), torch.zeros(8))
+    with pytest.raises(ValueError, match="dim 8"):
+        q.encode(torch.randn(3, 5))
+    with pytest.raises(ValueError, match="2 indexes"):
+        q.decode(torch.zeros(3, 3, dtype=torch.uint8))
