@@ -10,7 +10,8 @@
 #      (skipped for parts already in --dl-dir)
 #   1  lhotse manifests (validated: bad audio and empty transcripts are reported)
 #   2  80-dim fbank features (LilcomChunkyWriter), optional speed perturbation
-#   3  MUSAN noise manifests + fbank (only with --musan true)
+#   3  noise for training-time mixing: MUSAN manifests + fbank (librispeech, only with
+#      --musan true); synthetic coloured noise (synth, always: the MUSAN stand-in)
 #   4  BPE model (sentencepiece unigram) on the training transcripts
 # MVQ-KD stages (need a teacher: --stop-stage 7 and the --teacher-* options):
 #   5  teacher embeddings of --mvq-num-cuts random training cuts
@@ -36,6 +37,7 @@ full_libri=false        # librispeech: add train-clean-360 and train-other-500
 synth_train_hours=2     # hours of labeled training audio
 synth_unlabeled_hours=2 # hours of unlabeled training audio
 synth_seed=42           # the corpus is a function of this seed
+synth_noise_files=200   # 10 s files of synthetic training noise (stage 3)
 # MVQ-KD (stages 5-7)
 teacher_kind=conformer  # conformer (a train.py experiment) | hf (transformers / fairseq .pt)
 teacher_model=          # experiment folder, transformers name/folder or fairseq HuBERT .pt
@@ -48,7 +50,7 @@ store_embeddings=false  # also store fp16 teacher embeddings (L1/L2 KD baselines
 mvq_dir=                # default: <data-dir>/mvq
 
 options="corpus stage stop_stage dl_dir data_dir nj vocab_size speed_perturb musan skip_bad_audio
- full_libri synth_train_hours synth_unlabeled_hours synth_seed teacher_kind teacher_model
+ full_libri synth_train_hours synth_unlabeled_hours synth_seed synth_noise_files teacher_kind teacher_model
  teacher_layer teacher_epoch teacher_avg num_codebooks mvq_num_cuts store_embeddings mvq_dir"
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -114,7 +116,11 @@ if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
 fi
 
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
-  if [ "$musan" = true ]; then
+  if [ "$corpus" = synth ]; then
+    log "Stage 3: synthetic training noise (the MUSAN stand-in) -> $fbank/noise_cuts_all.jsonl.gz"
+    $python "$here/local/prepare_synth_noise.py" --noise-dir "$corpus_dir/noise" \
+      --output-dir "$fbank" --num-files "$synth_noise_files" --num-jobs "$nj"
+  elif [ "$musan" = true ]; then
     log "Stage 3: MUSAN manifests and fbank"
     $python "$here/local/prepare_musan.py" --dl-dir "$dl_dir" --manifest-dir "$manifests" \
       --output-dir "$fbank" --num-jobs "$nj"

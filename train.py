@@ -88,7 +88,13 @@ def get_parser() -> argparse.ArgumentParser:
     d.add_argument("--num-workers", type=int, default=2)
     d.add_argument("--spec-augment", type=str2bool, default=True)
     d.add_argument("--time-warp-factor", type=int, default=80, help="0 turns time warp off")
-    d.add_argument("--musan", type=Path, default=None, help="MUSAN cuts to mix in")
+    d.add_argument(
+        "--musan",
+        type=Path,
+        default=None,
+        help="noise cuts mixed into half of the training cuts at 10-20 dB SNR "
+        "(MUSAN, or data/synth/fbank/noise_cuts_all.jsonl.gz)",
+    )
     o = p.add_argument_group("optimization")
     oc, lc = OptimConfig(), LossConfig()
     o.add_argument("--base-lr", type=float, default=oc.base_lr)

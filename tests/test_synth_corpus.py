@@ -86,3 +86,25 @@ def test_resume_after_interruption(corpus_copy, tmp_path):
     write_corpus(corpus_copy, SynthCorpusConfig(**TINY, splits=["dev"]), num_jobs=1)
     assert flacs[0].is_file() and flacs[1].stat().st_mtime_ns == mtime
     assert json.loads((split / ".done").read_text())["utts"] == TINY["dev_utts"]
+
+
+def test_training_noise_set(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    from mvq_kd.data.synth import colored_noise, write_noise_set
+
+    rng = np.random.default_rng(0)
+    for slope in (0.0, -1.0, -2.0):
+        x = colored_noise(2**16, slope, rng)
+        power = np.abs(np.fft.rfft(x)) ** 2
+        f = np.arange(len(power))
+        lo, hi = power[(f > 100) & (f < 200)].mean(), power[(f > 10000) & (f < 20000)].mean()
+        # the power ratio of bands 100x apart in frequency is ~ 100 ** -slope
+        assert abs(np.log10(lo / hi) - 2 * -slope) < 0.3, slope
+    paths = write_noise_set(tmp_path / "a", num_files=3, seconds=1.0)
+    again = write_noise_set(tmp_path / "b", num_files=3, seconds=1.0)
+    for p, q in zip(paths, again):
+        a, sr = sf.read(p)
+        assert sr == 16000 and a.shape == (16000,) and np.abs(a).max() <= 0.31
+        assert np.array_equal(a, sf.read(q)[0])

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The embedded synthetic-corpus recipe, end to end on CPU (2 cores: ~40 minutes):
+# The embedded synthetic-corpus recipe, end to end on CPU (2 cores: ~30 minutes):
 #   data preparation, a non-streaming teacher, a small streaming student baseline,
 #   decoding of test-clean and test-other, and the rows of egs/synth/RESULTS.md.
 #
@@ -7,7 +7,7 @@
 #   egs/synth/run.sh --stage 2             # from the student on
 #
 # Stages:
-#   0  ./prepare.sh on the synthetic corpus (BPE vocabulary 256)
+#   0  ./prepare.sh on the synthetic corpus (BPE vocabulary 64, training noise)
 #   1  train the teacher: non-streaming Conformer 4 x 192
 #   2  train the student baseline: streaming Conformer 4 x 128 (chunk 160 ms, left 640 ms)
 #   3  decode both (student: simulated and true chunk-by-chunk streaming)
@@ -34,7 +34,8 @@ vocab=64
 bpe=data/synth/lang_bpe_$vocab/bpe.model
 common="--bpe-model $bpe --manifest-dir data/synth/fbank --prefix synth --max-duration 20
   --num-workers 1 --base-lr 2e-3 --warmup-batches 200 --warm-step 1000 --spec-augment false
-  --decoder-dim 256 --joiner-dim 256 --log-interval 100"
+  --decoder-dim 256 --joiner-dim 256 --log-interval 100
+  --musan data/synth/fbank/noise_cuts_all.jsonl.gz"
 teacher_opts="--num-encoder-layers 4 --encoder-dim 192 --num-heads 4 --feedforward-dim 768"
 student_opts="--num-encoder-layers 4 --encoder-dim 128 --num-heads 4 --feedforward-dim 512
   --causal true --chunk-size 4 --left-context 16"

@@ -328,3 +328,43 @@ def _write_speakers(path: Path, utts: List[Utterance]) -> None:
         speakers.setdefault(u.utt_id.split("-")[0], asdict(u.voice))
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(speakers, indent=1, sort_keys=True))
+
+
+def colored_noise(n: int, slope: float, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian noise whose power spectrum falls as ``f ** slope`` (0: white, -1: pink,
+    -2: brown), unit variance, ``(n,)`` float64."""
+    spec = np.fft.rfft(rng.standard_normal(n))
+    f = np.arange(len(spec), dtype=np.float64)
+    f[0] = 1.0
+    x = np.fft.irfft(spec * f ** (slope / 2), n)
+    return x / (x.std() + 1e-12)
+
+
+def write_noise_set(
+    out_dir: Path, num_files: int = 200, seconds: float = 10.0, seed: int = 7
+) -> List[Path]:
+    """Training noise for the synthetic corpus (a stand-in for MUSAN): 16 kHz FLAC files
+    of coloured noise with a random spectral slope in [-2.2, 0.2] and a slow random
+    loudness modulation (0-6 dB), so that models can learn to ignore noise like that of
+    ``test-other`` without seeing its generator. Existing files are kept.
+
+    Returns the file paths.
+    """
+    rng = np.random.default_rng(seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n = int(seconds * SAMPLE_RATE)
+    paths = []
+    for i in range(num_files):
+        slope, depth, rate = rng.uniform(-2.2, 0.2), rng.uniform(0, 6), rng.uniform(0.1, 1.0)
+        file_rng = np.random.default_rng([seed, i])
+        path = out_dir / f"noise-{i:04d}.flac"
+        paths.append(path)
+        if path.is_file():
+            continue
+        x = colored_noise(n, slope, file_rng)
+        t = np.arange(n) / SAMPLE_RATE
+        x *= 10 ** (depth / 2 * np.sin(2 * np.pi * rate * t + file_rng.uniform(0, 6.3)) / 20)
+        x *= 0.3 / np.abs(x).max()
+        with atomic_path(path) as tmp:
+            sf.write(tmp, x.astype(np.float32), SAMPLE_RATE, format="FLAC")
+    return paths
