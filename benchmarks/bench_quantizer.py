@@ -25,6 +25,7 @@ Usage::
 
 import argparse
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mvq_kd.quantization import QuantizerConfig, train_quantizer
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mvq_kd.quantization import QuantizerConfig, train_quantizer  # noqa: E402
 
 
 def rel_error(x: torch.Tensor, x_hat: torch.Tensor) -> float:

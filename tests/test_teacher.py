@@ -5,7 +5,14 @@ import types
 
 import pytest
 import torch
-from transformers import HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2Model
+from transformers import (
+    HubertConfig,
+    HubertModel,
+    Wav2Vec2Config,
+    Wav2Vec2Model,
+    WavLMConfig,
+    WavLMModel,
+)
 
 from mvq_kd.teacher import ConformerTeacher, HfSslTeacher, load_fairseq_hubert
 
@@ -42,6 +49,7 @@ def one_by_one(teacher, x, lens):
         (HubertModel, HubertConfig, "group"),
         (HubertModel, HubertConfig, "layer"),
         (Wav2Vec2Model, Wav2Vec2Config, "layer"),
+        (WavLMModel, WavLMConfig, "group"),
     ],
 )
 @pytest.mark.parametrize("normalize", [False, True])
