@@ -257,31 +257,20 @@ def _compute_shard(
     with NumpyHdf5Writer(tmp_h5) as writer, tqdm(total=len(cuts), desc=desc, unit="cut") as bar:
         for batch, x, x_lens in teacher_batches(teacher, cuts, max_duration):
             out = teacher.embed(x.to(device), x_lens.to(device))
-            idx = quantizer.encode(out.embeddings).cpu().numpy()
-            emb = out.embeddings.half().cpu().numpy() if store_embeddings else None
+            arrays = {INDEX_FIELD: quantizer.encode(out.embeddings).cpu().numpy()}
+            if store_embeddings:
+                arrays[EMBEDDING_FIELD] = out.embeddings.half().cpu().numpy()
             for i, cut in enumerate(batch):
                 n = int(out.lens[i])
-                cut = cut.with_custom(
-                    INDEX_FIELD,
-                    writer.store_array(
-                        f"{INDEX_FIELD}/{cut.id}",
-                        idx[i, :n],
+                for field, values in arrays.items():
+                    stored = writer.store_array(
+                        f"{field}/{cut.id}",
+                        values[i, :n],
                         frame_shift=teacher.frame_shift,
                         temporal_dim=0,
                         start=cut.start,
-                    ),
-                )
-                if store_embeddings:
-                    cut = cut.with_custom(
-                        EMBEDDING_FIELD,
-                        writer.store_array(
-                            f"{EMBEDDING_FIELD}/{cut.id}",
-                            emb[i, :n],
-                            frame_shift=teacher.frame_shift,
-                            temporal_dim=0,
-                            start=cut.start,
-                        ),
                     )
+                    cut = cut.with_custom(field, stored)
                 out_cuts.append(cut.with_custom(QUANTIZER_ID_FIELD, qid))
             bar.update(len(batch))
     # Point the arrays at the final file name, then publish: HDF5 file first, manifest
