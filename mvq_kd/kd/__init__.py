@@ -1,0 +1,1 @@
+"""Knowledge-distillation losses, each a separate module composed in one training step."""

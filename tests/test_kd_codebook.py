@@ -1,0 +1,45 @@
+"""MVQ-KD: alignment of teacher codebook indexes to student frames."""
+
+import pytest
+import torch
+
+from mvq_kd.kd.codebook import IGNORE_INDEX, align_teacher_frames
+
+
+def indexes(lens, n=2):
+    t = max(lens)
+    x = torch.full((len(lens), t, n), 255, dtype=torch.uint8)
+    for i, m in enumerate(lens):
+        x[i, :m] = torch.arange(m * n).view(m, n) % 200
+    return x, torch.tensor(lens)
+
+
+def test_ratio_one_is_identity_with_padding():
+    x, lens = indexes([5, 3])
+    out = align_teacher_frames(x, lens, torch.tensor([5, 3]), ratio=1)
+    assert out.shape == (2, 5, 2) and out.dtype == torch.int64
+    assert torch.equal(out[0], x[0].long())
+    assert torch.equal(out[1, :3], x[1, :3].long()) and (out[1, 3:] == IGNORE_INDEX).all()
+
+
+def test_ratio_two_concatenates_successive_frames():
+    x, lens = indexes([8, 6])
+    out = align_teacher_frames(x, lens, torch.tensor([4, 3]), ratio=2)
+    assert out.shape == (2, 4, 4)
+    assert torch.equal(out[0, 1], torch.cat([x[0, 2], x[0, 3]]).long())
+    assert (out[1, 3] == IGNORE_INDEX).all()
+
+
+@pytest.mark.parametrize("teacher,student", [(9, 4), (7, 4), (6, 5), (8, 2 + 4)])
+def test_off_by_one_or_two_is_trimmed_or_ignored(teacher, student):
+    x, lens = indexes([teacher])
+    out = align_teacher_frames(x, lens, torch.tensor([student]), ratio=2)
+    usable = min(teacher // 2, student)
+    assert out.shape == (1, student, 4)
+    assert (out[0, :usable] != IGNORE_INDEX).all() and (out[0, usable:] == IGNORE_INDEX).all()
+
+
+def test_large_mismatch_names_the_cut():
+    x, lens = indexes([20, 8])
+    with pytest.raises(ValueError, match="Cut b: 8 teacher frames do not match 9 student"):
+        align_teacher_frames(x, lens, torch.tensor([10, 9]), ratio=2, cut_ids=["a", "b"])
