@@ -43,3 +43,29 @@ def test_large_mismatch_names_the_cut():
     x, lens = indexes([20, 8])
     with pytest.raises(ValueError, match="Cut b: 8 teacher frames do not match 9 student"):
         align_teacher_frames(x, lens, torch.tensor([10, 9]), ratio=2, cut_ids=["a", "b"])
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_codebook_loss_ignores_padding_and_trains_every_parameter(joint):
+    from mvq_kd.kd.codebook import CodebookLoss
+
+    torch.manual_seed(0)
+    loss_fn = CodebookLoss(input_dim=8, num_codebooks=4, joint=joint)
+    h = torch.randn(2, 5, 8, requires_grad=True)
+    targets = torch.randint(0, 256, (2, 5, 4))
+    targets[1, 3:] = IGNORE_INDEX
+    loss = loss_fn(h, targets)
+    # Padding: other values at ignored frames change nothing.
+    h2 = h.detach().clone()
+    h2[1, 3:] = 100.0
+    assert torch.allclose(loss_fn(h2, targets), loss)
+    loss.backward()
+    assert all(p.grad is not None for p in loss_fn.parameters())
+    assert h.grad[1, 3:].abs().sum() == 0
+    # Independent form (and the joint one at initialisation) is the plain cross-entropy.
+    logits = loss_fn.proj(h.detach()).view(2, 5, 4, 256)
+    valid = targets != IGNORE_INDEX
+    ref = torch.nn.functional.cross_entropy(logits[valid], targets[valid], reduction="sum")
+    assert torch.allclose(loss.detach(), ref, atol=1e-4)
+    with pytest.raises(ValueError, match="expected 4 codebooks"):
+        loss_fn(h, targets[..., :2])

@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from mvq_kd.quantization import CODEBOOK_SIZE
 
 IGNORE_INDEX = -100
 
@@ -58,3 +60,54 @@ def align_teacher_frames(
             )
         out[i, :usable] = indexes[i, : usable * ratio].reshape(usable, ratio * n).long()
     return out
+
+
+class CodebookLoss(nn.Module):
+    """Per-codebook softmax heads on a student layer, cross-entropy against the teacher's
+    indexes.
+
+    Independent form (icefall's default): ``logits = Linear(C, M * K)(h)``. Joint form
+    (``joint=True``): the logits of codebook ``m`` also get a learned bias indexed by the
+    true index of codebook ``m - 1`` (teacher forcing, zero-initialised), which models the
+    dependence between the additive codebooks.
+
+    Every parameter receives a gradient from every batch (DDP needs no
+    ``find_unused_parameters``). Training only: decoding models do not have it.
+    """
+
+    def __init__(self, input_dim: int, num_codebooks: int, joint: bool = False) -> None:
+        super().__init__()
+        self.num_codebooks = num_codebooks
+        self.proj = nn.Linear(input_dim, num_codebooks * CODEBOOK_SIZE)
+        # Row CODEBOOK_SIZE stands for an ignored (padding) previous index.
+        self.prev_bias = (
+            nn.Parameter(torch.zeros(num_codebooks - 1, CODEBOOK_SIZE + 1, CODEBOOK_SIZE))
+            if joint and num_codebooks > 1
+            else None
+        )
+
+    def forward(self, h: Tensor, targets: Tensor) -> Tensor:
+        """Summed cross-entropy over the valid (frame, codebook) entries.
+
+        Args:
+            h: (B, T, C) student layer output.
+            targets: (B, T, M) int64 indexes, ``IGNORE_INDEX`` where there is no target.
+
+        Returns:
+            scalar: the sum (normalise as the transducer loss is, e.g. per frame).
+        """
+        b, t, m = targets.shape
+        if m != self.num_codebooks:
+            raise ValueError(f"expected {self.num_codebooks} codebooks per frame, got {m}")
+        logits = self.proj(h).view(b, t, m, CODEBOOK_SIZE)
+        if self.prev_bias is not None:
+            prev = targets[..., :-1].masked_fill(targets[..., :-1] < 0, CODEBOOK_SIZE)
+            books = torch.arange(m - 1, device=h.device)
+            bias = self.prev_bias[books, prev]  # (B, T, M - 1, K)
+            logits = torch.cat([logits[..., :1, :], logits[..., 1:, :] + bias], dim=2)
+        return nn.functional.cross_entropy(
+            logits.reshape(-1, CODEBOOK_SIZE).float(),
+            targets.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
