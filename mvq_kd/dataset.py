@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from lhotse import CutSet, load_manifest_lazy
+from lhotse import CutSet, MonoCut, load_manifest_lazy
+from lhotse.cut import MixedCut
 from lhotse.dataset import DynamicBucketingSampler, SpecAugment
 from lhotse.dataset.collation import collate_features
 
@@ -22,16 +23,21 @@ class AsrDataset(torch.utils.data.Dataset):
         ``features``: ``(B, T, F)`` float32 fbank, padded at the end;
         ``feature_lens``: ``(B,)`` int64 valid frames;
         ``texts``: list of B transcripts (``None`` for unlabeled cuts);
-        ``cuts``: the cuts in batch order (longest first).
+        ``cuts``: the cuts in batch order (longest first);
+        for each name in ``temporal_fields`` (e.g. ``codebook_indexes``):
+        ``<name>`` ``(B, T', ...)`` padded with ``-100`` (int64 for integer arrays) and
+        ``<name>_lens`` ``(B,)``, read from the speech track of noise-mixed cuts.
     """
 
     def __init__(
         self,
         cut_transforms: Sequence[Callable[[CutSet], CutSet]] = (),
         input_transforms: Sequence[Callable[[torch.Tensor], torch.Tensor]] = (),
+        temporal_fields: Sequence[str] = (),
     ) -> None:
         self.cut_transforms = list(cut_transforms)
         self.input_transforms = list(input_transforms)
+        self.temporal_fields = list(temporal_fields)
 
     def __getitem__(self, cuts: CutSet) -> Dict:
         cuts = cuts.sort_by_duration(ascending=False)
@@ -41,12 +47,47 @@ class AsrDataset(torch.utils.data.Dataset):
         for transform in self.input_transforms:
             features = transform(features)
         texts = [c.supervisions[0].text if c.supervisions else None for c in cuts]
-        return {
+        batch = {
             "features": features,
             "feature_lens": feature_lens.long(),
             "texts": texts,
             "cuts": list(cuts),
         }
+        for name in self.temporal_fields:
+            batch[name], batch[f"{name}_lens"] = collate_temporal_field(cuts, name)
+        return batch
+
+
+def speech_track(cut) -> MonoCut:
+    """The cut itself, or for a cut mixed with noise (:class:`NoiseMix`) its first track:
+    the original speech, which carries the custom fields."""
+    if isinstance(cut, MixedCut):
+        return cut.tracks[0].cut
+    return cut
+
+
+def collate_temporal_field(cuts: CutSet, name: str, pad_value: int = -100):
+    """Pad the temporal array field ``name`` of each cut's speech track.
+
+    Returns ``(B, T', ...)`` (int64 for integer arrays, float32 otherwise) padded with
+    ``pad_value`` and ``(B,)`` int64 lengths. A cut without the field is an error that
+    names it.
+    """
+    arrays = []
+    for cut in cuts:
+        speech = speech_track(cut)
+        if not speech.has_custom(name):
+            raise ValueError(
+                f"Cut {cut.id} has no {name!r} field: use the manifests written by "
+                "prepare.sh stage 7 (data/<corpus>/mvq/) for this training"
+            )
+        arr = torch.from_numpy(speech.load_custom(name))
+        arrays.append(arr.long() if not arr.is_floating_point() else arr.float())
+    lens = torch.tensor([a.shape[0] for a in arrays], dtype=torch.int64)
+    out = arrays[0].new_full((len(arrays), int(lens.max()), *arrays[0].shape[1:]), pad_value)
+    for i, a in enumerate(arrays):
+        out[i, : a.shape[0]] = a
+    return out, lens
 
 
 @dataclass
@@ -108,6 +149,7 @@ class NoiseMix:
             duration=max(c.duration for c in cuts),
             snr=self.snr,
             mix_prob=self.p,
+            preserve_id="left",  # the mixed cut keeps the speech cut's id
             seed=random.Random(random.getrandbits(64)),
         ).to_eager()
 

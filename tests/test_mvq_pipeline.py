@@ -154,3 +154,29 @@ def test_quantizer_id_check(mvq_dir, tiny_data):
     ]
     with pytest.raises(ValueError, match="two quantizers .* has other"):
         check_quantizer_ids(CutSet.from_cuts(mixed))
+
+
+def test_dataset_collates_indexes_also_of_noise_mixed_cuts(mvq_dir, tiny_data):
+    import random
+
+    from mvq_kd.dataset import AsrDataset, NoiseMix, speech_track
+
+    cuts = load_manifest(mvq_dir / "synth_cuts_train.jsonl.gz").subset(first=4)
+    noise = load_manifest(tiny_data["fbank"] / "synth_cuts_train-unlabeled.jsonl.gz")
+    by_id = {c.id: c for c in cuts}
+    plain = AsrDataset(temporal_fields=[INDEX_FIELD])[cuts]
+    random.seed(0)
+    mixed = AsrDataset([NoiseMix(noise, p=1.0)], temporal_fields=[INDEX_FIELD])[cuts]
+    assert any(type(c).__name__ == "MixedCut" for c in mixed["cuts"])
+    for batch in (plain, mixed):
+        idx, lens = batch[INDEX_FIELD], batch[f"{INDEX_FIELD}_lens"]
+        assert idx.dtype == torch.int64 and idx.shape[2] == 4
+        for i, cut in enumerate(batch["cuts"]):
+            assert speech_track(cut).has_custom(INDEX_FIELD)
+            source = by_id[cut.id]  # mixed cuts keep the id of their speech
+            ref = torch.from_numpy(source.load_custom(INDEX_FIELD)).long()
+            assert int(lens[i]) == ref.shape[0]
+            assert torch.equal(idx[i, : ref.shape[0]], ref)
+            assert (idx[i, ref.shape[0] :] == -100).all()
+    with pytest.raises(ValueError, match="has no 'codebook_indexes' field"):
+        AsrDataset(temporal_fields=[INDEX_FIELD])[noise.subset(first=2)]
