@@ -8,13 +8,24 @@ Several GPUs / nodes (DDP):
     torchrun --nproc-per-node 4 train.py ...
 Resume: --start-epoch N (from epoch-(N-1).pt) or --start-batch B (from checkpoint-B.pt,
 continuing mid-epoch with exactly the next batch).
+
+Frame-level distillation (train on the manifests of prepare.sh stage 7):
+    MVQ-KD:            --train-manifest-dir data/synth/mvq --codebook-loss-scale 0.1
+    stored L2 (paper's baseline; stage 7 with --store-embeddings true):
+                       --train-manifest-dir data/synth/mvq --embedding-loss l2
+    on-the-fly L2:     --embedding-loss l2 --embedding-source teacher \
+                       --teacher-model egs/synth/exp/teacher --teacher-epoch 10 \
+                       --teacher-avg 3 --teacher-layer 4
 """
 
 import argparse
 import sys
 from pathlib import Path
 
+from mvq_kd.codebooks import add_teacher_args, teacher_spec_from_args
 from mvq_kd.dataset import DataConfig
+from mvq_kd.kd.frame import EMBEDDING_SOURCES, FrameKdConfig
+from mvq_kd.kd.regression import LOSS_KINDS
 from mvq_kd.model.encoder import EncoderConfig
 from mvq_kd.model.transducer import TransducerConfig
 from mvq_kd.trainer import LossConfig, OptimConfig, TrainConfig, run
@@ -69,6 +80,13 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--exp-dir", type=Path, required=True, help="checkpoints and logs go here")
     p.add_argument("--bpe-model", type=Path, required=True)
     p.add_argument("--manifest-dir", type=Path, default=Path("data/synth/fbank"))
+    p.add_argument(
+        "--train-manifest-dir",
+        type=Path,
+        default=None,
+        help="training cuts from here instead of --manifest-dir (e.g. data/synth/mvq: "
+        "the cuts with codebook indexes of prepare.sh stage 7)",
+    )
     p.add_argument("--prefix", default="synth", help="cut manifest prefix (synth, librispeech)")
     p.add_argument("--train-parts", nargs="+", default=["train"])
     p.add_argument("--valid-parts", nargs="+", default=["dev"])
@@ -108,7 +126,46 @@ def get_parser() -> argparse.ArgumentParser:
     o.add_argument("--am-scale", type=float, default=lc.am_scale)
     o.add_argument("--simple-loss-scale", type=float, default=lc.simple_loss_scale)
     o.add_argument("--warm-step", type=int, default=lc.warm_step)
+    add_kd_args(p)
     return p
+
+
+def add_kd_args(p: argparse.ArgumentParser) -> None:
+    k, kc = p.add_argument_group("frame-level distillation (MVQ-KD, L1/L2)"), FrameKdConfig()
+    k.add_argument(
+        "--kd-layer",
+        type=int,
+        default=kc.layer,
+        help="1-based student encoder layer that predicts the teacher targets "
+        "(0: the middle layer)",
+    )
+    k.add_argument(
+        "--codebook-loss-scale",
+        type=float,
+        default=kc.codebook_loss_scale,
+        help="MVQ-KD: weight of the codebook-index cross-entropy (0: off; icefall: 0.1)",
+    )
+    k.add_argument(
+        "--joint-codebook-loss",
+        type=str2bool,
+        default=kc.joint_codebook_loss,
+        help="condition each codebook's prediction on the previous codebook's index",
+    )
+    k.add_argument(
+        "--quantizer",
+        type=Path,
+        default=None,
+        help="quantizer.pt of prepare.sh stage 6: the training cuts' indexes must be its",
+    )
+    k.add_argument("--embedding-loss", choices=("none",) + LOSS_KINDS, default=kc.embedding_loss)
+    k.add_argument("--embedding-loss-scale", type=float, default=kc.embedding_loss_scale)
+    k.add_argument(
+        "--embedding-source",
+        choices=EMBEDDING_SOURCES,
+        default=kc.embedding_source,
+        help="stored: the cuts' teacher_embeddings; teacher: run the --teacher-* on every batch",
+    )
+    add_teacher_args(p, required=False)
 
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
@@ -137,12 +194,13 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         ctc_head=args.ctc_loss_scale > 0,
     )
 
-    def cuts(part: str) -> Path:
-        return args.manifest_dir / f"{args.prefix}_cuts_{part}.jsonl.gz"
+    def cuts(folder: Path, part: str) -> Path:
+        return folder / f"{args.prefix}_cuts_{part}.jsonl.gz"
 
+    train_dir = args.train_manifest_dir or args.manifest_dir
     data = DataConfig(
-        train_cuts=[cuts(p) for p in args.train_parts],
-        valid_cuts=[cuts(p) for p in args.valid_parts],
+        train_cuts=[cuts(train_dir, p) for p in args.train_parts],
+        valid_cuts=[cuts(args.manifest_dir, p) for p in args.valid_parts],
         max_duration=args.max_duration,
         num_buckets=args.num_buckets,
         spec_augment=args.spec_augment,
@@ -167,6 +225,25 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         warm_step=args.warm_step,
         ctc_loss_scale=args.ctc_loss_scale,
     )
+    quantizer_id = None
+    if args.quantizer is not None:
+        from mvq_kd.quantization import Quantizer
+
+        quantizer_id = Quantizer.load(args.quantizer).id
+    frame_kd = FrameKdConfig(
+        layer=args.kd_layer,
+        codebook_loss_scale=args.codebook_loss_scale,
+        joint_codebook_loss=args.joint_codebook_loss,
+        embedding_loss=args.embedding_loss,
+        embedding_loss_scale=args.embedding_loss_scale,
+        embedding_source=args.embedding_source,
+        quantizer_id=quantizer_id,
+    )
+    teacher = None
+    if frame_kd.use_embeddings and args.embedding_source == "teacher":
+        if args.teacher_model is None or args.teacher_layer is None:
+            raise SystemExit("--embedding-source teacher needs --teacher-model and --teacher-layer")
+        teacher = teacher_spec_from_args(args)
     return TrainConfig(
         exp_dir=args.exp_dir,
         bpe_model=args.bpe_model,
@@ -174,6 +251,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         data=data,
         optim=optim,
         loss=loss,
+        frame_kd=frame_kd,
+        teacher=teacher,
         num_epochs=args.num_epochs,
         start_epoch=args.start_epoch,
         start_batch=args.start_batch,

@@ -96,6 +96,9 @@ def main() -> None:
     p.add_argument("--bytes", type=int, nargs="+", default=[8, 16], help="bytes per frame")
     p.add_argument("--mq-iters", type=int, default=2000, help="multi_quantization iters per phase")
     p.add_argument("--skip-reference", action="store_true", help="only ours")
+    p.add_argument(
+        "--skip-ours", action="store_true", help="only multi_quantization (no storage table)"
+    )
     p.add_argument("--train-iters", type=int, default=QuantizerConfig.train_iters)
     p.add_argument("--refine-iters", type=int, default=QuantizerConfig.refine_iters)
     p.add_argument("--beam", type=int, default=QuantizerConfig.beam)
@@ -120,14 +123,15 @@ def main() -> None:
     rows = []
     idx_by_n = {}
     for n in args.bytes:
-        err, tr, fps, idx = bench_ours(train, valid, n, cfg)
-        idx_by_n[n] = idx
-        rows.append((n, "ours", err, tr, fps))
-        print(
-            f"  ours  {n:2d} B: held-out error {err:.4f}, train {tr:.1f} s, "
-            f"encode {fps:,.0f} frames/s",
-            flush=True,
-        )
+        if not args.skip_ours:
+            err, tr, fps, idx = bench_ours(train, valid, n, cfg)
+            idx_by_n[n] = idx
+            rows.append((n, "ours", err, tr, fps))
+            print(
+                f"  ours  {n:2d} B: held-out error {err:.4f}, train {tr:.1f} s, "
+                f"encode {fps:,.0f} frames/s",
+                flush=True,
+            )
         if not args.skip_reference:
             err, tr, fps = bench_reference(train, valid, n, args.mq_iters, args.seed)
             rows.append((n, "multi_quantization", err, tr, fps))
@@ -142,6 +146,8 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for n, name, err, tr, fps in rows:
         print(f"| {n} | {name} | {err:.4f} | {tr:.1f} | {fps:,.0f} |")
+    if not idx_by_n:
+        return
     print("\n| stored per teacher frame | bytes on disk | target |")
     print("|---|---|---|")
     emb16 = valid.half().numpy()

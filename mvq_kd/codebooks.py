@@ -30,12 +30,12 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from lhotse import CutSet, load_manifest_lazy
-from lhotse.dataset.collation import collate_audio, collate_features
 from lhotse.features.io import NumpyHdf5Writer
 from tqdm import tqdm
 
+from mvq_kd.dataset import collate_teacher_inputs
 from mvq_kd.quantization import Quantizer
-from mvq_kd.teacher import SAMPLE_RATE, ConformerTeacher, HfSslTeacher, Teacher
+from mvq_kd.teacher import ConformerTeacher, HfSslTeacher, Teacher
 from mvq_kd.utils import atomic_path
 
 INDEX_FIELD = "codebook_indexes"
@@ -96,18 +96,7 @@ def teacher_batches(
 
 
 def _inputs(teacher: Teacher, cuts: List) -> Tuple[torch.Tensor, torch.Tensor]:
-    cut_set = CutSet.from_cuts(cuts)
-    try:
-        if teacher.input_type == "audio":
-            cut_set = cut_set.resample(SAMPLE_RATE)
-            x, x_lens = collate_audio(cut_set)
-        else:
-            x, x_lens = collate_features(cut_set)
-    except Exception as e:  # name the cuts: lhotse's errors often do not
-        raise RuntimeError(
-            f"Cannot load the {teacher.input_type} of cuts {[c.id for c in cuts][:5]}: {e}"
-        ) from e
-    return x, x_lens.long()
+    return collate_teacher_inputs(CutSet.from_cuts(cuts), teacher.input_type)
 
 
 def sample_embeddings(
@@ -285,8 +274,9 @@ def _compute_shard(
         CutSet.from_cuts(out_cuts).to_file(tmp)
 
 
-def add_teacher_args(parser) -> None:
-    """The ``--teacher-*`` options of the ``local/`` MVQ programs."""
+def add_teacher_args(parser, required: bool = True) -> None:
+    """The ``--teacher-*`` options (of the ``local/`` MVQ programs; ``train.py`` has them
+    optional, for a teacher run on the fly)."""
     g = parser.add_argument_group("teacher")
     g.add_argument(
         "--teacher-kind",
@@ -297,10 +287,10 @@ def add_teacher_args(parser) -> None:
     )
     g.add_argument(
         "--teacher-model",
-        required=True,
+        required=required,
         help="experiment folder, transformers name/folder, or fairseq .pt",
     )
-    g.add_argument("--teacher-layer", type=int, required=True, help="1-based layer")
+    g.add_argument("--teacher-layer", type=int, required=required, help="1-based layer")
     g.add_argument("--teacher-epoch", type=int, default=0, help="conformer: last epoch")
     g.add_argument("--teacher-avg", type=int, default=1, help="conformer: epochs averaged")
     g.add_argument(

@@ -13,7 +13,9 @@ import torch
 from lhotse import CutSet, MonoCut, load_manifest_lazy
 from lhotse.cut import MixedCut
 from lhotse.dataset import DynamicBucketingSampler, SpecAugment
-from lhotse.dataset.collation import collate_features
+from lhotse.dataset.collation import collate_audio, collate_features
+
+from mvq_kd.teacher import SAMPLE_RATE
 
 
 class AsrDataset(torch.utils.data.Dataset):
@@ -24,9 +26,15 @@ class AsrDataset(torch.utils.data.Dataset):
         ``feature_lens``: ``(B,)`` int64 valid frames;
         ``texts``: list of B transcripts (``None`` for unlabeled cuts);
         ``cuts``: the cuts in batch order (longest first);
+        ``speech_feature_lens``: ``(B,)`` int64 frames of each cut's speech track (a
+        noise-mixed cut is padded with noise to the longest cut of the batch; frame-level
+        teacher targets cover only its speech);
         for each name in ``temporal_fields`` (e.g. ``codebook_indexes``):
         ``<name>`` ``(B, T', ...)`` padded with ``-100`` (int64 for integer arrays) and
-        ``<name>_lens`` ``(B,)``, read from the speech track of noise-mixed cuts.
+        ``<name>_lens`` ``(B,)``, read from the speech track of noise-mixed cuts;
+        with ``teacher_input`` (``"fbank"`` or ``"audio"``): ``teacher_inputs`` (the
+        speech tracks' fbank ``(B, T, F)`` or 16 kHz audio ``(B, S)``, without noise
+        or SpecAugment) and ``teacher_input_lens`` ``(B,)``, for a teacher run on the fly.
     """
 
     def __init__(
@@ -34,10 +42,14 @@ class AsrDataset(torch.utils.data.Dataset):
         cut_transforms: Sequence[Callable[[CutSet], CutSet]] = (),
         input_transforms: Sequence[Callable[[torch.Tensor], torch.Tensor]] = (),
         temporal_fields: Sequence[str] = (),
+        teacher_input: Optional[str] = None,
     ) -> None:
+        if teacher_input not in (None, "fbank", "audio"):
+            raise ValueError(f"teacher_input must be fbank or audio, got {teacher_input!r}")
         self.cut_transforms = list(cut_transforms)
         self.input_transforms = list(input_transforms)
         self.temporal_fields = list(temporal_fields)
+        self.teacher_input = teacher_input
 
     def __getitem__(self, cuts: CutSet) -> Dict:
         cuts = cuts.sort_by_duration(ascending=False)
@@ -52,10 +64,33 @@ class AsrDataset(torch.utils.data.Dataset):
             "feature_lens": feature_lens.long(),
             "texts": texts,
             "cuts": list(cuts),
+            "speech_feature_lens": torch.tensor(
+                [speech_track(c).num_frames for c in cuts], dtype=torch.int64
+            ),
         }
         for name in self.temporal_fields:
             batch[name], batch[f"{name}_lens"] = collate_temporal_field(cuts, name)
+        if self.teacher_input is not None:
+            speech = CutSet.from_cuts(speech_track(c) for c in cuts)
+            batch["teacher_inputs"], batch["teacher_input_lens"] = collate_teacher_inputs(
+                speech, self.teacher_input
+            )
         return batch
+
+
+def collate_teacher_inputs(cuts: CutSet, input_type: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A teacher's batch: 16 kHz audio ``(B, S)`` (``input_type="audio"``) or fbank
+    ``(B, T, F)`` (``"fbank"``), and ``(B,)`` int64 lengths. Errors name the cuts."""
+    try:
+        if input_type == "audio":
+            x, x_lens = collate_audio(cuts.resample(SAMPLE_RATE))
+        else:
+            x, x_lens = collate_features(cuts)
+    except Exception as e:  # name the cuts: lhotse's errors often do not
+        raise RuntimeError(
+            f"Cannot load the {input_type} of cuts {[c.id for c in cuts][:5]}: {e}"
+        ) from e
+    return x, x_lens.long()
 
 
 def speech_track(cut) -> MonoCut:
@@ -174,7 +209,11 @@ def feature_stats(cuts: CutSet, max_cuts: int = 500) -> Tuple[torch.Tensor, torc
     return mean.float(), std.float()
 
 
-def train_dataset(cfg: DataConfig) -> AsrDataset:
+def train_dataset(
+    cfg: DataConfig, temporal_fields: Sequence[str] = (), teacher_input: Optional[str] = None
+) -> AsrDataset:
+    """Training batches: noise mixing and SpecAugment as configured, plus the given
+    frame-level teacher targets (see :class:`AsrDataset`)."""
     cut_transforms = []
     if cfg.musan_cuts is not None:
         logging.info(f"Mixing noise from {cfg.musan_cuts} (p=0.5, SNR 10-20 dB)")
@@ -190,7 +229,7 @@ def train_dataset(cfg: DataConfig) -> AsrDataset:
                 frames_mask_size=100,
             )
         )
-    return AsrDataset(cut_transforms, input_transforms)
+    return AsrDataset(cut_transforms, input_transforms, temporal_fields, teacher_input)
 
 
 def make_sampler(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -51,19 +50,15 @@ def load_model(
 ) -> Tuple[Transducer, List[Path]]:
     """The model of ``epoch-(epoch-avg+1).pt .. epoch-<epoch>.pt``, averaged, in eval mode.
 
-    Checkpoint keys of training-only modules (e.g. distillation heads) are ignored:
-    the decoding model is the plain transducer.
+    Only the student is loaded: checkpoints keep training-only modules (distillation
+    heads) under a separate key.
     """
     if avg < 1 or avg > epoch:
         raise ValueError(f"--avg must be in 1..{epoch} for --epoch {epoch}, got {avg}")
     paths = [exp_dir / f"epoch-{e}.pt" for e in range(epoch - avg + 1, epoch + 1)]
     state, config = average_checkpoints(paths)
     model = Transducer(TransducerConfig.from_dict(config))
-    own = set(model.state_dict())
-    extra = sorted(k for k in state if k not in own)
-    if extra:
-        logging.info(f"Ignoring {len(extra)} training-only tensors (e.g. {extra[0]})")
-    model.load_state_dict({k: v for k, v in state.items() if k in own})
+    model.load_state_dict(state)
     return model.to(device).eval(), paths
 
 

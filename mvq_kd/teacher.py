@@ -34,6 +34,8 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from mvq_kd.model.encoder import ENCODER_FRAME_SHIFT
+
 SAMPLE_RATE = 16000
 
 
@@ -377,7 +379,7 @@ class ConformerTeacher(Teacher):
 
     input_type = "fbank"
 
-    def __init__(self, model: nn.Module, layer: int, fbank_shift: float = 0.01) -> None:
+    def __init__(self, model: nn.Module, layer: int) -> None:
         super().__init__()
         encoder = model.encoder
         num_layers = len(encoder.layers)
@@ -388,7 +390,7 @@ class ConformerTeacher(Teacher):
         self.encoder = encoder.eval()
         self.layer = layer
         self.dim = encoder.config.d_model
-        self.frame_shift = 4 * fbank_shift
+        self.frame_shift = ENCODER_FRAME_SHIFT
 
     @classmethod
     def from_checkpoint(

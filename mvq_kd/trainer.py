@@ -1,5 +1,9 @@
-"""The training loop: transducer loss (+ distillation losses in later recipes), DDP,
-AMP, checkpoints with exact resume, tensorboard and progress logs.
+"""The training loop: transducer loss plus the selected distillation losses, DDP, AMP,
+checkpoints with exact resume, tensorboard and progress logs.
+
+The student and its training-only distillation modules form one :class:`TrainingModel`
+(one forward for DDP); checkpoints keep the student (``model``, what ``decode.py``
+loads) apart from the distillation modules (``kd_modules``).
 
 One process per device; ``torchrun`` sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` for
 multi-GPU and multi-node runs (NCCL on GPUs, gloo on CPU).
@@ -25,6 +29,7 @@ import torch.distributed as dist
 from lhotse import CutSet
 from torch import Tensor, nn
 
+from mvq_kd.codebooks import EMBEDDING_FIELD, INDEX_FIELD, TeacherSpec, check_quantizer_ids
 from mvq_kd.dataset import (
     AsrDataset,
     DataConfig,
@@ -34,8 +39,10 @@ from mvq_kd.dataset import (
     make_sampler,
     train_dataset,
 )
-from mvq_kd.model.encoder import ConformerEncoder
-from mvq_kd.model.transducer import Transducer, TransducerConfig
+from mvq_kd.kd.frame import FrameKd, FrameKdConfig, TargetSpec, probe_field
+from mvq_kd.model.encoder import ENCODER_FRAME_SHIFT, FBANK_FRAME_SHIFT, ConformerEncoder
+from mvq_kd.model.transducer import Transducer, TransducerConfig, TransducerOutput
+from mvq_kd.teacher import Teacher
 from mvq_kd.utils import atomic_path
 
 
@@ -81,7 +88,10 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    """Everything a training run needs (``train.py`` builds it from its arguments)."""
+    """Everything a training run needs (``train.py`` builds it from its arguments).
+
+    ``teacher`` is the teacher run on the fly (``frame_kd.embedding_source="teacher"``).
+    """
 
     exp_dir: Path
     bpe_model: Path
@@ -89,6 +99,8 @@ class TrainConfig:
     data: DataConfig
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    frame_kd: FrameKdConfig = field(default_factory=FrameKdConfig)
+    teacher: Optional[TeacherSpec] = None
     num_epochs: int = 10
     start_epoch: int = 1
     start_batch: int = 0
@@ -116,7 +128,9 @@ class CutFilter:
     RNN-T loss emits at most one symbol per frame.
     """
 
-    def __init__(self, sp, min_duration: float, max_duration: float, frame_shift: float = 0.01):
+    def __init__(
+        self, sp, min_duration: float, max_duration: float, frame_shift: float = FBANK_FRAME_SHIFT
+    ):
         self.sp = sp
         self.min_duration, self.max_duration = min_duration, max_duration
         self.frame_shift = frame_shift
@@ -166,7 +180,9 @@ class SeededAsrDataset(AsrDataset):
     """
 
     def __init__(self, base: AsrDataset, seed: int) -> None:
-        super().__init__(base.cut_transforms, base.input_transforms)
+        super().__init__(
+            base.cut_transforms, base.input_transforms, base.temporal_fields, base.teacher_input
+        )
         self.seed = seed
 
     def __getitem__(self, cuts: CutSet) -> Dict:
@@ -191,8 +207,63 @@ def tokenize(sp, texts: List[Optional[str]], device: torch.device) -> Tuple[Tens
     return y.to(device), lens.to(device)
 
 
-def _unwrap(model: nn.Module) -> Transducer:
+class TrainingModel(nn.Module):
+    """The student transducer and its training-only distillation modules.
+
+    One module, so that DDP sees every trained parameter in one forward.
+    """
+
+    def __init__(self, student: Transducer, frame_kd: Optional[FrameKd] = None) -> None:
+        super().__init__()
+        self.student = student
+        self.frame_kd = frame_kd
+
+    def forward(
+        self,
+        x: Tensor,
+        x_lens: Tensor,
+        y: Tensor,
+        y_lens: Tensor,
+        cfg: LossConfig,
+        kd_targets: Optional[Dict[str, Tuple[Tensor, Tensor]]] = None,
+        kd_lens: Optional[Tensor] = None,
+        cut_ids: Optional[List[str]] = None,
+    ) -> Tuple[TransducerOutput, Dict[str, Tensor]]:
+        """Transducer losses (see :meth:`Transducer.forward`) and, with ``kd_targets``,
+        the unscaled frame-KD losses (see :meth:`FrameKd.forward`; ``kd_lens``: (B,)
+        student frames that have targets)."""
+        out = self.student(
+            x,
+            x_lens,
+            y,
+            y_lens,
+            prune_range=cfg.prune_range,
+            am_scale=cfg.am_scale,
+            lm_scale=cfg.lm_scale,
+        )
+        kd: Dict[str, Tensor] = {}
+        if kd_targets is not None and self.frame_kd is not None:
+            kd = self.frame_kd(out.encoder.layers, kd_lens, kd_targets, cut_ids)
+        return out, kd
+
+
+def _unwrap(model: nn.Module) -> TrainingModel:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def frame_kd_targets(
+    batch: Dict, fields: List[str], teacher: Optional[Teacher], device: torch.device
+) -> Dict[str, Tuple[Tensor, Tensor]]:
+    """The frame-level teacher targets of a batch: the stored ``fields`` and, with a
+    ``teacher``, its embeddings of the batch's (clean) ``teacher_inputs``."""
+    targets = {f: (batch[f].to(device), batch[f"{f}_lens"].to(device)) for f in fields}
+    if teacher is not None:
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
+            out = teacher.embed(
+                batch["teacher_inputs"].to(device), batch["teacher_input_lens"].to(device)
+            )
+        targets[EMBEDDING_FIELD] = (out.embeddings, out.lens)
+    return targets
 
 
 def compute_loss(
@@ -202,25 +273,26 @@ def compute_loss(
     cfg: LossConfig,
     step: int,
     device: torch.device,
+    kd_targets: Optional[Dict[str, Tuple[Tensor, Tensor]]] = None,
 ) -> Tuple[Tensor, Dict[str, float]]:
-    """Weighted transducer loss of a batch, normalized per encoder frame.
+    """Weighted transducer (+ distillation) loss of a batch, normalized per encoder frame.
+
+    Args:
+        model: a :class:`TrainingModel` (or DDP around one).
+        kd_targets: frame-level teacher targets (:func:`frame_kd_targets`); None: no KD.
 
     Returns:
         the loss to back-propagate, and summed statistics for logging
-        (``frames``, ``simple_loss``, ``pruned_loss``, ``loss``; losses summed over frames).
+        (``frames``, ``simple_loss``, ``pruned_loss``, the KD losses (unscaled),
+        ``loss``; losses summed over frames).
     """
     x = batch["features"].to(device)
     x_lens = batch["feature_lens"].to(device)
     y, y_lens = tokenize(sp, batch["texts"], device)
-    out = model(
-        x,
-        x_lens,
-        y,
-        y_lens,
-        prune_range=cfg.prune_range,
-        am_scale=cfg.am_scale,
-        lm_scale=cfg.lm_scale,
-    )
+    kd_lens = None
+    if kd_targets is not None:
+        kd_lens = ConformerEncoder.output_lengths(batch["speech_feature_lens"]).to(device)
+    out, kd = model(x, x_lens, y, y_lens, cfg, kd_targets, kd_lens, [c.id for c in batch["cuts"]])
     simple_scale, pruned_scale = cfg.scales(step)
     loss = simple_scale * out.simple_loss + pruned_scale * out.pruned_loss
     frames = float(out.encoder.out_lens.sum())
@@ -232,6 +304,9 @@ def compute_loss(
     if out.ctc_loss is not None:
         loss = loss + cfg.ctc_loss_scale * out.ctc_loss
         stats["ctc_loss"] = float(out.ctc_loss.detach())
+    if kd:
+        loss = loss + _unwrap(model).frame_kd.weighted_sum(kd)
+        stats.update({k: float(v.detach()) for k, v in kd.items()})
     stats["loss"] = float(loss.detach())
     return loss / frames, stats
 
@@ -253,7 +328,10 @@ class Trainer:
                 f"BPE model {cfg.bpe_model} has {self.sp.vocab_size()} tokens but the model "
                 f"config says vocab_size={cfg.model.vocab_size}"
             )
-        model = Transducer(cfg.model).to(self.device)
+        student = Transducer(cfg.model)
+        self.teacher: Optional[Teacher] = None
+        frame_kd = self._build_frame_kd(student) if cfg.frame_kd.enabled else None
+        model = TrainingModel(student, frame_kd).to(self.device)
         self.model: nn.Module = model
         self.optimizer = torch.optim.AdamW(
             model.parameters(), lr=cfg.optim.base_lr, weight_decay=cfg.optim.weight_decay
@@ -272,7 +350,7 @@ class Trainer:
             self.tb = SummaryWriter(log_dir=str(cfg.exp_dir / "tensorboard"))
         if not self._resume():
             mean, std = feature_stats(load_cuts(cfg.data.train_cuts))
-            model.encoder.subsampling.set_feature_stats(mean.to(self.device), std.to(self.device))
+            student.encoder.subsampling.set_feature_stats(mean.to(self.device), std.to(self.device))
             logging.info(
                 f"Feature normalization from training cuts: mean {float(mean.mean()):.2f}, "
                 f"std {float(std.mean()):.2f} (averaged over bins)"
@@ -286,8 +364,13 @@ class Trainer:
         self.sampler = ResumableSampler(
             make_sampler(train_cuts, cfg.data, shuffle=True, world_size=world_size, rank=rank)
         )
+        dataset = train_dataset(
+            cfg.data,
+            temporal_fields=cfg.frame_kd.cut_fields(),
+            teacher_input=self.teacher.input_type if self.teacher is not None else None,
+        )
         self.train_loader = make_loader(
-            SeededAsrDataset(train_dataset(cfg.data), cfg.seed),
+            SeededAsrDataset(dataset, cfg.seed),
             self.sampler,
             cfg.data.num_workers,
             seed=cfg.seed,
@@ -300,6 +383,53 @@ class Trainer:
             rank=rank,
         )
         self.valid_loader = make_loader(AsrDataset(), valid_sampler, cfg.data.num_workers)
+
+    def _build_frame_kd(self, student: Transducer) -> FrameKd:
+        """The frame-KD heads, sized from the training cuts' targets (or the teacher)."""
+        cfg, kd = self.cfg, self.cfg.frame_kd
+        if cfg.data.spec_augment and cfg.data.time_warp_factor > 0:
+            raise ValueError(
+                "Time-warp SpecAugment moves frames away from their teacher targets: use "
+                "--time-warp-factor 0 (or --spec-augment false) with frame-level KD"
+            )
+        cuts = load_cuts(cfg.data.train_cuts)
+        codebooks, embeddings = None, None
+        if kd.use_codebooks:
+            codebooks = probe_field(cuts, INDEX_FIELD)
+            qid = check_quantizer_ids(cuts, kd.quantizer_id)
+            logging.info(
+                f"MVQ-KD: {codebooks.dim} codebooks per {codebooks.frame_shift * 1000:.0f} ms "
+                f"teacher frame, quantizer {qid}, loss scale {kd.codebook_loss_scale}"
+            )
+        if kd.use_embeddings and kd.embedding_source == "stored":
+            embeddings = probe_field(cuts, EMBEDDING_FIELD)
+        elif kd.use_embeddings:
+            if cfg.teacher is None:
+                raise ValueError("embedding_source='teacher' needs a teacher (--teacher-model)")
+            self.teacher = cfg.teacher.build(self.device)
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
+            embeddings = TargetSpec(self.teacher.dim, self.teacher.frame_shift)
+        if embeddings is not None:
+            logging.info(
+                f"{kd.embedding_loss.upper()} regression of {embeddings.dim}-dim teacher "
+                f"embeddings ({kd.embedding_source}), loss scale {kd.embedding_loss_scale}"
+            )
+        enc = cfg.model.encoder
+        frame_kd = FrameKd(
+            kd,
+            enc.d_model,
+            enc.num_layers,
+            codebooks,
+            embeddings,
+            student_frame_shift=ENCODER_FRAME_SHIFT,
+        )
+        logging.info(
+            f"Frame-level KD on student layer {frame_kd.layer}: "
+            f"{sum(p.numel() for p in frame_kd.parameters()) / 1e6:.2f} M training-only "
+            "parameters"
+        )
+        return frame_kd
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -319,7 +449,15 @@ class Trainer:
             raise ValueError(
                 f"{path} was trained with another model config: {ckpt['model_config']}"
             )
-        _unwrap(self.model).load_state_dict(ckpt["model"])
+        model = _unwrap(self.model)
+        model.student.load_state_dict(ckpt["model"])
+        if model.frame_kd is not None:
+            if "kd_modules" not in ckpt:
+                raise ValueError(
+                    f"{path} has no distillation modules: it was trained without frame-level "
+                    "KD; resume it with the options it was trained with"
+                )
+            model.frame_kd.load_state_dict(ckpt["kd_modules"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["grad_scaler"])
         self.step, self.epoch = ckpt["step"], ckpt["epoch"]
@@ -354,8 +492,9 @@ class Trainer:
             rngs = gathered
         if self.rank != 0:
             return
+        model = _unwrap(self.model)
         ckpt = {
-            "model": _unwrap(self.model).state_dict(),
+            "model": model.student.state_dict(),
             "model_config": self.cfg.model.to_dict(),
             "optimizer": self.optimizer.state_dict(),
             "grad_scaler": self.scaler.state_dict(),
@@ -366,6 +505,8 @@ class Trainer:
             "rng": rngs,
             "bpe_model": str(self.cfg.bpe_model),
         }
+        if model.frame_kd is not None:
+            ckpt["kd_modules"] = model.frame_kd.state_dict()
         with atomic_path(path) as tmp:
             torch.save(ckpt, tmp)
         logging.info(f"Saved {path}")
@@ -400,8 +541,15 @@ class Trainer:
             lr = eden_lr(cfg.optim, self.step, self.epoch - 1)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
+            kd_targets = None
+            if cfg.frame_kd.enabled:
+                kd_targets = frame_kd_targets(
+                    batch, cfg.frame_kd.cut_fields(), self.teacher, self.device
+                )
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=cfg.use_fp16):
-                loss, stats = compute_loss(model, batch, self.sp, cfg.loss, self.step, self.device)
+                loss, stats = compute_loss(
+                    model, batch, self.sp, cfg.loss, self.step, self.device, kd_targets
+                )
             self.batch_in_epoch += 1
             self.step += 1
             if not self._all_finite(loss):
@@ -423,23 +571,21 @@ class Trainer:
             frames_since += stats["frames"]
             if self.step % cfg.log_interval == 0:
                 elapsed = time.time() - t0
+                parts = ", ".join(
+                    f"{k.removesuffix('_loss')} {v / stats['frames']:.4f}"
+                    for k, v in stats.items()
+                    if k.endswith("_loss")
+                )
                 logging.info(
                     f"epoch {self.epoch} batch {self.batch_in_epoch} step {self.step}: "
-                    f"loss {stats['loss'] / stats['frames']:.4f} (simple "
-                    f"{stats['simple_loss'] / stats['frames']:.4f}, pruned "
-                    f"{stats['pruned_loss'] / stats['frames']:.4f}"
-                    + (
-                        f", ctc {stats['ctc_loss'] / stats['frames']:.4f}"
-                        if "ctc_loss" in stats
-                        else ""
-                    )
-                    + f") lr {lr:.2e} "
+                    f"loss {stats['loss'] / stats['frames']:.4f} ({parts}) lr {lr:.2e} "
                     f"grad-norm {float(grad_norm):.2f} "
-                    f"{frames_since * 4 * 0.01 / max(elapsed, 1e-9):.1f} s audio/s"
+                    f"{frames_since * ENCODER_FRAME_SHIFT / max(elapsed, 1e-9):.1f} s audio/s"
                 )
                 if self.tb is not None:
-                    for k in ("loss", "simple_loss", "pruned_loss"):
-                        self.tb.add_scalar(f"train/{k}", stats[k] / stats["frames"], self.step)
+                    for k, v in stats.items():
+                        if k == "loss" or k.endswith("_loss"):
+                            self.tb.add_scalar(f"train/{k}", v / stats["frames"], self.step)
                     self.tb.add_scalar("train/lr", lr, self.step)
                     self.tb.add_scalar("train/grad_norm", float(grad_norm), self.step)
                 t0, frames_since = time.time(), 0.0
@@ -470,7 +616,7 @@ class Trainer:
         cfg = self.cfg
         model = _unwrap(self.model)
         logging.info(
-            f"Training {model.num_params() / 1e6:.2f} M parameters on {self.device} "
+            f"Training {model.student.num_params() / 1e6:.2f} M parameters on {self.device} "
             f"(world size {self.world_size}), epochs {self.epoch}..{cfg.num_epochs}"
         )
         while self.epoch <= cfg.num_epochs:
@@ -493,7 +639,7 @@ class Trainer:
             self.save(cfg.exp_dir / f"epoch-{self.epoch - 1}.pt")
         if self.rank == 0:
             summary = {
-                "params": model.num_params(),
+                "params": model.student.num_params(),
                 "epochs": self.epoch - 1,
                 "train_seconds": round(self.train_seconds, 1),
                 "world_size": self.world_size,

@@ -60,3 +60,22 @@ def tiny_data(tiny_corpus, tmp_path_factory) -> dict:
             texts = [s.text for s in sups]
     bpe = train_bpe(texts, root / "lang_bpe_60", vocab_size=60)
     return {"fbank": root / "fbank", "bpe_model": bpe}
+
+
+@pytest.fixture(scope="session")
+def teacher_exp(tmp_path_factory) -> Path:
+    """An experiment folder with epoch-1.pt of a tiny (random) non-causal transducer
+    (2 layers of dim 32): a teacher for the MVQ and KD tests."""
+    from mvq_kd.model.encoder import EncoderConfig
+    from mvq_kd.model.transducer import Transducer, TransducerConfig
+
+    torch.manual_seed(0)
+    enc = EncoderConfig(num_layers=2, d_model=32, num_heads=4, ffn_dim=64, conv_kernel=7)
+    config = TransducerConfig(enc, vocab_size=60, decoder_dim=16, joiner_dim=16)
+    exp = tmp_path_factory.mktemp("teacher") / "exp"
+    exp.mkdir()
+    torch.save(
+        {"model": Transducer(config).state_dict(), "model_config": config.to_dict()},
+        exp / "epoch-1.pt",
+    )
+    return exp

@@ -13,8 +13,6 @@ input and on the attention context; the tests assert both before relying on them
 import ast
 import copy
 import dataclasses
-import logging
-import shutil
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -198,34 +196,6 @@ def test_avg_larger_than_epoch_is_a_clear_error(offline_exp, tiny_data):
         load_model(offline_exp, 2, 0, CPU)
     with pytest.raises(ValueError, match="--avg must be in 1..1"):
         run_decode(offline_exp, tiny_data, epoch=1, avg=2, parts=["test-clean"])
-
-
-def test_training_only_tensors_are_ignored(offline_exp, tiny_data, tmp_path, caplog):
-    ckpt = torch.load(offline_exp / "epoch-2.pt", weights_only=False)
-    plain, extra = tmp_path / "plain", tmp_path / "extra"
-    plain.mkdir()
-    shutil.copy(offline_exp / "epoch-2.pt", plain / "epoch-1.pt")
-    dim = ckpt["model_config"]["encoder"]["d_model"]
-    ckpt["model"]["codebook_head.weight"] = torch.randn(16 * 256, dim)
-    ckpt["model"]["codebook_head.bias"] = torch.randn(16 * 256)
-    extra.mkdir()
-    torch.save(ckpt, extra / "epoch-1.pt")
-
-    caplog.set_level(logging.INFO)
-    run_decode(extra, tiny_data, epoch=1, avg=1, parts=["test-clean"])
-    assert "Ignoring 2 training-only tensors (e.g. codebook_head.bias)" in caplog.text
-    run_decode(plain, tiny_data, epoch=1, avg=1, parts=["test-clean"])
-    name = "greedy_search/recogs-test-clean-epoch-1-avg-1.txt"
-    assert (extra / name).read_text() == (plain / name).read_text()
-
-    # Only extra keys are tolerated: a checkpoint that lacks a model tensor still fails.
-    del ckpt["model"]["joiner.output_linear.weight"]
-    torch.save(ckpt, extra / "epoch-1.pt")
-    with pytest.raises(RuntimeError, match="joiner.output_linear.weight"):
-        load_model(extra, 1, 1, CPU)
-
-
-# ------------------------------------------------------------------ streaming models
 
 
 def test_chunked_decoding_equals_simulated(streaming_exp, tiny_data):

@@ -63,7 +63,7 @@ def test_codebook_loss_ignores_padding_and_trains_every_parameter(joint):
     assert all(p.grad is not None for p in loss_fn.parameters())
     assert h.grad[1, 3:].abs().sum() == 0
     # Independent form (and the joint one at initialisation) is the plain cross-entropy.
-    logits = loss_fn.proj(h.detach()).view(2, 5, 4, 256)
+    logits = loss_fn.proj(loss_fn.norm(h.detach())).view(2, 5, 4, 256)
     valid = targets != IGNORE_INDEX
     ref = torch.nn.functional.cross_entropy(logits[valid], targets[valid], reduction="sum")
     assert torch.allclose(loss.detach(), ref, atol=1e-4)

@@ -18,27 +18,10 @@ from mvq_kd.codebooks import (
     check_quantizer_ids,
     compute_codebook_indexes,
 )
-from mvq_kd.model.encoder import EncoderConfig
-from mvq_kd.model.transducer import Transducer, TransducerConfig
 from mvq_kd.quantization import Quantizer
 from tests.conftest import REPO
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def teacher_exp(tmp_path_factory) -> Path:
-    """An experiment folder with epoch-1.pt of a tiny (random) non-causal transducer."""
-    torch.manual_seed(0)
-    enc = EncoderConfig(num_layers=2, d_model=32, num_heads=4, ffn_dim=64, conv_kernel=7)
-    config = TransducerConfig(enc, vocab_size=60, decoder_dim=16, joiner_dim=16)
-    exp = tmp_path_factory.mktemp("teacher") / "exp"
-    exp.mkdir()
-    torch.save(
-        {"model": Transducer(config).state_dict(), "model_config": config.to_dict()},
-        exp / "epoch-1.pt",
-    )
-    return exp
 
 
 @pytest.fixture(scope="module")

@@ -72,7 +72,7 @@ def test_resume_mid_epoch_is_exact(tiny_data, tmp_path):
     assert (resumed.epoch, resumed.batch_in_epoch, resumed.step) == (1, 2, 2)
     resumed.train()
     assert resumed.step == num_batches
-    a, b = params(full.model), params(resumed.model)
+    a, b = params(full.model.student), params(resumed.model.student)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
     # and it did train: the weights moved away from the checkpoint
@@ -253,8 +253,8 @@ def test_feature_stats_set_on_fresh_start_and_kept_on_resume(tiny_data, tmp_path
     np.testing.assert_allclose(std.numpy(), feats.std(0), rtol=1e-3, atol=1e-3)
 
     trainer = Trainer(tiny_config(tiny_data, tmp_path / "exp"))
-    sub = trainer.model.encoder.subsampling
+    sub = trainer.model.student.encoder.subsampling
     torch.testing.assert_close(sub.feat_mean, mean)
     trainer.train()
     resumed = Trainer(tiny_config(tiny_data, tmp_path / "exp", start_epoch=2, num_epochs=2))
-    torch.testing.assert_close(resumed.model.encoder.subsampling.feat_std, sub.feat_std)
+    torch.testing.assert_close(resumed.model.student.encoder.subsampling.feat_std, sub.feat_std)

@@ -23,31 +23,35 @@ def align_teacher_frames(
     ratio: int,
     cut_ids: Optional[Sequence[str]] = None,
     tolerance: int = 2,
+    pad_value: float = IGNORE_INDEX,
 ) -> Tensor:
     """Regroup teacher frames onto student frames.
 
     ``ratio`` successive teacher frames are concatenated into one student frame (HuBERT
     at 50 Hz -> a 25 Hz student: ``ratio = 2``, ``N`` -> ``2N`` targets per frame).
     Length mismatches up to ``tolerance`` student frames (subsampling edge effects) are
-    trimmed or padded with ``IGNORE_INDEX``; larger ones raise ``ValueError`` naming
-    the cut.
+    trimmed or padded with ``pad_value``; larger ones raise ``ValueError`` naming the
+    cut. Valid frames per utterance: :func:`aligned_lengths`.
 
     Args:
-        indexes: (B, T', N) integer teacher indexes; padding may hold anything.
+        indexes: (B, T', N) teacher indexes (or float embeddings); padding may hold
+            anything.
         index_lens: (B,) valid teacher frames.
         student_lens: (B,) valid student frames.
         ratio: teacher frames per student frame (>= 1).
         cut_ids: names for error messages.
+        pad_value: fills student frames without a target.
 
     Returns:
-        (B, T, r * N) int64 targets, ``IGNORE_INDEX`` past each utterance's valid frames
-        (``T = max(student_lens)``).
+        (B, T, r * N) targets (int64 for integer input, else the input dtype),
+        ``pad_value`` past each utterance's valid frames (``T = max(student_lens)``).
     """
     if ratio < 1:
         raise ValueError(f"ratio must be >= 1, got {ratio}")
     b, _, n = indexes.shape
     t = int(student_lens.max()) if b else 0
-    out = torch.full((b, t, ratio * n), IGNORE_INDEX, dtype=torch.int64, device=indexes.device)
+    dtype = indexes.dtype if indexes.is_floating_point() else torch.int64
+    out = torch.full((b, t, ratio * n), pad_value, dtype=dtype, device=indexes.device)
     for i in range(b):
         s_len, i_len = int(student_lens[i]), int(index_lens[i])
         usable = min(i_len // ratio, s_len)
@@ -58,15 +62,21 @@ def align_teacher_frames(
                 f"{ratio} teacher frames per student frame (tolerance {tolerance} frames); "
                 "were the codebook indexes computed for this cut and frame rate?"
             )
-        out[i, :usable] = indexes[i, : usable * ratio].reshape(usable, ratio * n).long()
+        out[i, :usable] = indexes[i, : usable * ratio].reshape(usable, ratio * n).to(dtype)
     return out
+
+
+def aligned_lengths(index_lens: Tensor, student_lens: Tensor, ratio: int) -> Tensor:
+    """(B,) student frames that get a target from :func:`align_teacher_frames`."""
+    return torch.minimum(torch.div(index_lens, ratio, rounding_mode="floor"), student_lens)
 
 
 class CodebookLoss(nn.Module):
     """Per-codebook softmax heads on a student layer, cross-entropy against the teacher's
     indexes.
 
-    Independent form (icefall's default): ``logits = Linear(C, M * K)(h)``. Joint form
+    Independent form (icefall's default): ``logits = Linear(C, M * K)(LayerNorm(h))``
+    (our layer outputs are unnormalised residual streams). Joint form
     (``joint=True``): the logits of codebook ``m`` also get a learned bias indexed by the
     true index of codebook ``m - 1`` (teacher forcing, zero-initialised), which models the
     dependence between the additive codebooks.
@@ -78,6 +88,7 @@ class CodebookLoss(nn.Module):
     def __init__(self, input_dim: int, num_codebooks: int, joint: bool = False) -> None:
         super().__init__()
         self.num_codebooks = num_codebooks
+        self.norm = nn.LayerNorm(input_dim)
         self.proj = nn.Linear(input_dim, num_codebooks * CODEBOOK_SIZE)
         # Row CODEBOOK_SIZE stands for an ignored (padding) previous index.
         self.prev_bias = (
@@ -99,7 +110,7 @@ class CodebookLoss(nn.Module):
         b, t, m = targets.shape
         if m != self.num_codebooks:
             raise ValueError(f"expected {self.num_codebooks} codebooks per frame, got {m}")
-        logits = self.proj(h).view(b, t, m, CODEBOOK_SIZE)
+        logits = self.proj(self.norm(h)).view(b, t, m, CODEBOOK_SIZE)
         if self.prev_bias is not None:
             prev = targets[..., :-1].masked_fill(targets[..., :-1] < 0, CODEBOOK_SIZE)
             books = torch.arange(m - 1, device=h.device)

@@ -41,6 +41,9 @@ from torch import Tensor, nn
 # Input frames one encoder frame needs beyond its own 4: frame t sees 4t .. 4t + 6.
 SUBSAMPLING_FACTOR = 4
 SUBSAMPLING_RIGHT_CONTEXT = 3
+# Seconds per input (fbank) frame and per encoder frame.
+FBANK_FRAME_SHIFT = 0.01
+ENCODER_FRAME_SHIFT = SUBSAMPLING_FACTOR * FBANK_FRAME_SHIFT
 
 
 @dataclass
