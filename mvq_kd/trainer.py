@@ -528,6 +528,38 @@ class Trainer:
             dist.all_reduce(ok, op=dist.ReduceOp.MIN)
         return bool(ok.item() == 1.0)
 
+    def train_step(self, batch: Dict) -> Optional[Tuple[Dict[str, float], float]]:
+        """One update on ``batch`` (frame-KD targets, forward, backward, clipping,
+        optimizer step): its statistics (see :func:`compute_loss`) and gradient norm,
+        or None when the loss was not finite (the batch is skipped and counted)."""
+        cfg = self.cfg
+        kd_targets = None
+        if cfg.frame_kd.enabled:
+            kd_targets = frame_kd_targets(
+                batch, cfg.frame_kd.cut_fields(), self.teacher, self.device
+            )
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=cfg.use_fp16):
+            loss, stats = compute_loss(
+                self.model, batch, self.sp, cfg.loss, self.step, self.device, kd_targets
+            )
+        self.batch_in_epoch += 1
+        self.step += 1
+        if not self._all_finite(loss):
+            self.num_nonfinite += 1
+            logging.warning(
+                f"Non-finite loss at step {self.step} (cuts {[c.id for c in batch['cuts']][:4]}"
+                f"...): batch skipped ({self.num_nonfinite} so far)"
+            )
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return stats, float(grad_norm)
+
     def train_one_epoch(self) -> Dict[str, float]:
         cfg, model = self.cfg, self.model
         model.train()
@@ -541,31 +573,10 @@ class Trainer:
             lr = eden_lr(cfg.optim, self.step, self.epoch - 1)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            kd_targets = None
-            if cfg.frame_kd.enabled:
-                kd_targets = frame_kd_targets(
-                    batch, cfg.frame_kd.cut_fields(), self.teacher, self.device
-                )
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=cfg.use_fp16):
-                loss, stats = compute_loss(
-                    model, batch, self.sp, cfg.loss, self.step, self.device, kd_targets
-                )
-            self.batch_in_epoch += 1
-            self.step += 1
-            if not self._all_finite(loss):
-                self.num_nonfinite += 1
-                logging.warning(
-                    f"Non-finite loss at step {self.step} (cuts {[c.id for c in batch['cuts']][:4]}"
-                    f"...): batch skipped ({self.num_nonfinite} so far)"
-                )
-                self.optimizer.zero_grad(set_to_none=True)
+            result = self.train_step(batch)
+            if result is None:
                 continue
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
+            stats, grad_norm = result
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + v
             frames_since += stats["frames"]
@@ -579,7 +590,7 @@ class Trainer:
                 logging.info(
                     f"epoch {self.epoch} batch {self.batch_in_epoch} step {self.step}: "
                     f"loss {stats['loss'] / stats['frames']:.4f} ({parts}) lr {lr:.2e} "
-                    f"grad-norm {float(grad_norm):.2f} "
+                    f"grad-norm {grad_norm:.2f} "
                     f"{frames_since * ENCODER_FRAME_SHIFT / max(elapsed, 1e-9):.1f} s audio/s"
                 )
                 if self.tb is not None:
@@ -587,7 +598,7 @@ class Trainer:
                         if k == "loss" or k.endswith("_loss"):
                             self.tb.add_scalar(f"train/{k}", v / stats["frames"], self.step)
                     self.tb.add_scalar("train/lr", lr, self.step)
-                    self.tb.add_scalar("train/grad_norm", float(grad_norm), self.step)
+                    self.tb.add_scalar("train/grad_norm", grad_norm, self.step)
                 t0, frames_since = time.time(), 0.0
             if cfg.save_every_n > 0 and self.step % cfg.save_every_n == 0:
                 self.save(cfg.exp_dir / f"checkpoint-{self.step}.pt")

@@ -14,6 +14,14 @@
 #   3  decode test-clean and test-other (one GPU): teacher greedy_search and
 #      modified_beam_search; student the same with simulated streaming, plus
 #      greedy_search chunk by chunk (--streaming chunked)
+# MVQ-KD (the MVQ-KD paper's configuration):
+#   4  HuBERT-XL (fairseq checkpoint fine-tuned on LS-960, --hubert) layer 36 embeddings of
+#      --mvq-num-cuts training cuts -> 8-byte quantizer (one GPU), then codebook indexes of
+#      every training cut, speed-perturbed copies included (torchrun, all GPUs) -> data/librispeech/mvq
+#   5  train with MVQ-KD (codebook loss scale 0.1, no time warp): the non-streaming
+#      student (12 x 512, KD on layer 6, icefall's pruned_transducer_stateless6 size), its
+#      baseline, and the streaming 16 x 256 student (KD on layer 8; its baseline is stage 2)
+#   6  decode the students of stage 5 (greedy_search and modified_beam_search)
 #
 # Results: egs/librispeech/exp/<model>/<method>/{recogs,errs,wer-summary}-<part>-<settings>.txt
 set -euo pipefail
@@ -31,9 +39,15 @@ use_fp16=true           # mixed precision training
 beam_size=4             # modified_beam_search beam
 torchrun_opts=--standalone  # e.g. "--nnodes 2 --node-rank 0 --rdzv-backend c10d --rdzv-endpoint host:29400"
 dry_run=false           # true: print the commands without running them
+# MVQ-KD (stages 4-6)
+hubert=download/hubert/hubert_xtralarge_ll60k_finetune_ls960.pt  # fairseq HuBERT-XL checkpoint
+hubert_layer=36         # 1-based HuBERT layer quantized
+num_codebooks=8         # bytes per 20 ms teacher frame
+mvq_num_cuts=1000       # training cuts whose embeddings train the quantizer
+codebook_loss_scale=0.1 # weight of the codebook loss (icefall's code)
 
 options="stage stop_stage num_gpus dl_dir full_libri nj num_epochs avg max_duration use_fp16
- beam_size torchrun_opts dry_run"
+ beam_size torchrun_opts dry_run hubert hubert_layer num_codebooks mvq_num_cuts codebook_loss_scale"
 
 . "$(dirname "${BASH_SOURCE[0]}")/../../local/parse_options.sh" "$@"
 
@@ -121,6 +135,55 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
       fi
     done
   fi
+fi
+
+mvq=$data/mvq
+mvq_opts=(--train-manifest-dir "$mvq" --quantizer "$mvq/quantizer.pt"
+  --codebook-loss-scale "$codebook_loss_scale" --time-warp-factor 0)
+nonstreaming_student=(--num-encoder-layers 12 --encoder-dim 512 --num-heads 8
+  --feedforward-dim 2048 --causal false --base-lr 1e-3 --warmup-batches 5000
+  --lr-batches 5000 --lr-epochs 6)
+streaming_student=(--num-encoder-layers 16 --encoder-dim 256 --num-heads 4 --feedforward-dim 1024
+  --causal true --chunk-size 4 --left-context 16 --dynamic-chunk-training true
+  --base-lr 2e-3 --warmup-batches 5000 --lr-batches 5000 --lr-epochs 6)
+kd_students="student-12x512-baseline student-12x512-mvq-kd student-16x256-causal-mvq-kd"
+
+if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
+  log "Stage 4: HuBERT layer $hubert_layer -> $num_codebooks-byte codebook indexes -> $mvq"
+  teacher_opts=(--teacher-kind hf --teacher-model "$hubert" --teacher-layer "$hubert_layer")
+  run ./prepare.sh --corpus librispeech --full-libri "$full_libri" --speed-perturb true \
+    --stage 5 --stop-stage 6 --num-codebooks "$num_codebooks" --mvq-num-cuts "$mvq_num_cuts" \
+    "${teacher_opts[@]}"
+  # The training manifests hold the speed-perturbed copies too.
+  run torchrun $torchrun_opts --nproc-per-node "$num_gpus" local/compute_codebook_indexes.py \
+    --manifest-dir "$fbank" --prefix librispeech --parts $train_parts \
+    --quantizer "$mvq/quantizer.pt" --output-dir "$mvq" "${teacher_opts[@]}"
+fi
+
+if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
+  log "Stage 5: MVQ-KD students"
+  run torchrun $torchrun_opts --nproc-per-node "$num_gpus" train.py \
+    --exp-dir "$exp/student-12x512-baseline" "${common_train_opts[@]}" "${nonstreaming_student[@]}"
+  run torchrun $torchrun_opts --nproc-per-node "$num_gpus" train.py \
+    --exp-dir "$exp/student-12x512-mvq-kd" "${common_train_opts[@]}" "${nonstreaming_student[@]}" \
+    "${mvq_opts[@]}" --kd-layer 6
+  run torchrun $torchrun_opts --nproc-per-node "$num_gpus" train.py \
+    --exp-dir "$exp/student-16x256-causal-mvq-kd" "${common_train_opts[@]}" \
+    "${streaming_student[@]}" "${mvq_opts[@]}" --kd-layer 8
+fi
+
+if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
+  log "Stage 6: decode the MVQ-KD students"
+  for name in $kd_students; do
+    streaming_opts=()
+    case $name in *causal*) streaming_opts=(--streaming simulated --chunk-size 4 --left-context 16) ;; esac
+    for method in greedy_search modified_beam_search; do
+      run "$python" decode.py --exp-dir "$exp/$name" --epoch "$num_epochs" --avg "$avg" \
+        --manifest-dir "$fbank" --prefix librispeech --bpe-model "$bpe_model" \
+        --test-parts test-clean test-other --beam-size "$beam_size" --max-duration 600 \
+        --decoding-method "$method" "${streaming_opts[@]}"
+    done
+  done
 fi
 
 log "Done: stages $stage..$stop_stage"

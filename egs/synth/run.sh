@@ -1,28 +1,42 @@
 #!/usr/bin/env bash
-# The embedded synthetic-corpus recipe, end to end on CPU (2 cores: ~30 minutes):
+# The embedded synthetic-corpus recipe, end to end on CPU (2 cores: ~50 minutes):
 #   data preparation, a non-streaming teacher, a small streaming student baseline,
-#   decoding of test-clean and test-other, and the rows of egs/synth/RESULTS.md.
+#   the teacher's codebook indexes (MVQ) and the MVQ-KD streaming student, decoding of
+#   test-clean and test-other, and the rows of egs/synth/RESULTS.md.
 #
-#   egs/synth/run.sh                       # everything
-#   egs/synth/run.sh --stage 2             # from the student on
+#   egs/synth/run.sh                       # everything above
+#   egs/synth/run.sh --kd-baselines true   # + the MVQ-KD paper's comparison (~80 min more)
+#   egs/synth/run.sh --stage 5             # from the MVQ stages on
 #
 # Stages:
 #   0  ./prepare.sh on the synthetic corpus (BPE vocabulary 64, training noise)
 #   1  train the teacher: non-streaming Conformer 4 x 192
 #   2  train the student baseline: streaming Conformer 4 x 128 (chunk 160 ms, left 640 ms)
 #   3  decode both (student: simulated and true chunk-by-chunk streaming)
-#   4  write the rows of egs/synth/RESULTS.md
+#   4  rows of egs/synth/RESULTS.md
+#   5  ./prepare.sh stages 5-7: teacher layer-4 embeddings -> 8-byte quantizer -> codebook
+#      indexes (and fp16 embeddings) of every training cut, in data/synth/mvq
+#   6  train the MVQ-KD streaming student (same size and epochs as the baseline);
+#      with --kd-baselines true also: streaming students with L2 regression of the
+#      stored embeddings and of the teacher run on the fly, and the non-streaming
+#      student baseline, MVQ-KD, stored-L2 and on-the-fly-L2
+#   7  decode the students of stage 6 and write their rows of egs/synth/RESULTS.md
 set -euo pipefail
 
 stage=0                 # first stage to run
 stop_stage=100          # last stage to run
 teacher_epochs=10       # epochs of the teacher
-student_epochs=10       # epochs of the student
+student_epochs=10       # epochs of every student
 avg=3                   # epoch checkpoints averaged for decoding
 nj=2                    # data preparation jobs
 exp=egs/synth/exp       # experiment folders
+kd_layer=0              # student layer (1-based) predicting the teacher targets (0: middle)
+codebook_loss_scale=0.1 # MVQ-KD loss weight (icefall's)
+embedding_loss_scale=1  # L2 baselines' loss weight
+kd_baselines=false      # also train the stored / on-the-fly L2 and non-streaming students
 
-options="stage stop_stage teacher_epochs student_epochs avg nj exp"
+options="stage stop_stage teacher_epochs student_epochs avg nj exp kd_layer codebook_loss_scale
+ embedding_loss_scale kd_baselines"
 . "$(dirname "${BASH_SOURCE[0]}")/../../local/parse_options.sh" "$@"
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."   # the repository root
@@ -32,17 +46,58 @@ log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (run.sh:${BASH_LINENO[0]}) $*"; }
 
 vocab=64
 bpe=data/synth/lang_bpe_$vocab/bpe.model
+mvq=data/synth/mvq
+teacher_layer=4
 common="--bpe-model $bpe --manifest-dir data/synth/fbank --prefix synth --max-duration 20
   --num-workers 1 --base-lr 2e-3 --warmup-batches 200 --warm-step 1000 --spec-augment false
   --decoder-dim 256 --joiner-dim 256 --log-interval 100
   --musan data/synth/fbank/noise_cuts_all.jsonl.gz"
 teacher_opts="--num-encoder-layers 4 --encoder-dim 192 --num-heads 4 --feedforward-dim 768"
-student_opts="--num-encoder-layers 4 --encoder-dim 128 --num-heads 4 --feedforward-dim 512
-  --causal true --chunk-size 4 --left-context 16"
-teacher_cmd="./train.py --exp-dir $exp/teacher --num-epochs $teacher_epochs $teacher_opts $common"
-student_cmd="./train.py --exp-dir $exp/student-baseline --num-epochs $student_epochs $student_opts $common"
-# Single-line forms for RESULTS.md
-teacher_cmd=$(echo $teacher_cmd); student_cmd=$(echo $student_cmd)
+small="--num-encoder-layers 4 --encoder-dim 128 --num-heads 4 --feedforward-dim 512"
+streaming="--causal true --chunk-size 4 --left-context 16"
+# Frame-level KD options
+mvq_kd="--train-manifest-dir $mvq --quantizer $mvq/quantizer.pt --kd-layer $kd_layer
+  --codebook-loss-scale $codebook_loss_scale"
+l2_stored="--train-manifest-dir $mvq --kd-layer $kd_layer --embedding-loss l2
+  --embedding-loss-scale $embedding_loss_scale"
+l2_teacher="--kd-layer $kd_layer --embedding-loss l2 --embedding-loss-scale $embedding_loss_scale
+  --embedding-source teacher --teacher-model $exp/teacher --teacher-epoch $teacher_epochs
+  --teacher-avg $avg --teacher-layer $teacher_layer"
+
+train_cmd() {  # exp-name epochs options...: the single-line train.py command
+  local name=$1 epochs=$2; shift 2
+  echo ./train.py --exp-dir $exp/$name --num-epochs $epochs $* $common
+}
+train() {  # exp-name epochs options...
+  local cmd; cmd=$(train_cmd "$@")
+  mkdir -p $exp/$1
+  $python $cmd 2>&1 | tee $exp/$1/train.log
+}
+decode() {  # exp-name epochs [decode.py options]
+  local name=$1 epochs=$2; shift 2
+  $python ./decode.py --exp-dir $exp/$name --epoch $epochs --avg $avg --bpe-model $bpe \
+    --manifest-dir data/synth/fbank --prefix synth "$@"
+}
+row() {  # exp-name epochs role method streaming(true|false) options...
+  local name=$1 epochs=$2 role=$3 method=$4 is_streaming=$5; shift 5
+  local suffix=epoch-$epochs-avg-$avg
+  [ "$is_streaming" = true ] && suffix=$suffix-simulated-chunk-4-left-16
+  $python -m mvq_kd.results --results egs/synth/RESULTS.md --exp-dir $exp/$name \
+    --role $role --method "$method" --suffix $suffix --command "$(train_cmd $name $epochs "$@")"
+}
+
+# The students of stages 6-7: exp-name|method|streaming|options
+kd_students=("student-mvq-kd|MVQ-KD|true|$small $streaming $mvq_kd")
+if [ "$kd_baselines" = true ]; then
+  kd_students+=(
+    "student-l2-stored|L2 (stored embeddings)|true|$small $streaming $l2_stored"
+    "student-l2-teacher|L2 (teacher on the fly)|true|$small $streaming $l2_teacher"
+    "student-nonstreaming-baseline|baseline|false|$small"
+    "student-nonstreaming-mvq-kd|MVQ-KD|false|$small $mvq_kd"
+    "student-nonstreaming-l2-stored|L2 (stored embeddings)|false|$small $l2_stored"
+    "student-nonstreaming-l2-teacher|L2 (teacher on the fly)|false|$small $l2_teacher"
+  )
+fi
 
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
   log "Stage 0: data preparation"
@@ -51,33 +106,50 @@ fi
 
 if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
   log "Stage 1: teacher"
-  mkdir -p $exp/teacher
-  $python $teacher_cmd 2>&1 | tee $exp/teacher/train.log
+  train teacher $teacher_epochs $teacher_opts
 fi
 
 if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
   log "Stage 2: student baseline"
-  mkdir -p $exp/student-baseline
-  $python $student_cmd 2>&1 | tee $exp/student-baseline/train.log
+  train student-baseline $student_epochs $small $streaming
 fi
 
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
   log "Stage 3: decoding"
-  dec="--bpe-model $bpe --manifest-dir data/synth/fbank --prefix synth --avg $avg"
-  $python ./decode.py --exp-dir $exp/teacher --epoch $teacher_epochs $dec
+  decode teacher $teacher_epochs
   for mode in simulated chunked; do
-    $python ./decode.py --exp-dir $exp/student-baseline --epoch $student_epochs $dec \
-      --streaming $mode
+    decode student-baseline $student_epochs --streaming $mode
   done
 fi
 
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   log "Stage 4: egs/synth/RESULTS.md"
-  $python -m mvq_kd.results --results egs/synth/RESULTS.md --exp-dir $exp/teacher \
-    --role teacher --method baseline --suffix epoch-$teacher_epochs-avg-$avg \
-    --command "$teacher_cmd"
-  $python -m mvq_kd.results --results egs/synth/RESULTS.md --exp-dir $exp/student-baseline \
-    --role student --method baseline \
-    --suffix epoch-$student_epochs-avg-$avg-simulated-chunk-4-left-16 --command "$student_cmd"
+  row teacher $teacher_epochs teacher baseline false $teacher_opts
+  row student-baseline $student_epochs student baseline true $small $streaming
+fi
+
+if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
+  log "Stage 5: teacher codebook indexes and embeddings -> $mvq"
+  ./prepare.sh --corpus synth --vocab-size $vocab --stage 5 --stop-stage 7 \
+    --teacher-model $exp/teacher --teacher-epoch $teacher_epochs --teacher-avg $avg \
+    --teacher-layer $teacher_layer --num-codebooks 8 --mvq-num-cuts 1500 \
+    --store-embeddings true
+fi
+
+if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
+  for s in "${kd_students[@]}"; do
+    IFS='|' read -r name method is_streaming opts <<< "$s"
+    log "Stage 6: $name ($method)"
+    train $name $student_epochs $opts
+  done
+fi
+
+if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
+  for s in "${kd_students[@]}"; do
+    IFS='|' read -r name method is_streaming opts <<< "$s"
+    log "Stage 7: decoding $name"
+    decode $name $student_epochs
+    row $name $student_epochs student "$method" $is_streaming $opts
+  done
 fi
 log "Done"
