@@ -226,6 +226,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         ctc_loss_scale=args.ctc_loss_scale,
     )
     quantizer_id = None
+    if args.quantizer is not None and args.codebook_loss_scale <= 0:
+        raise SystemExit("--quantizer is only used with MVQ-KD (--codebook-loss-scale > 0)")
     if args.quantizer is not None:
         from mvq_kd.quantization import Quantizer
 

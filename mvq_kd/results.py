@@ -54,6 +54,11 @@ def make_row(
     if not summary_path.is_file():
         raise FileNotFoundError(f"No {summary_path}: training did not finish")
     summary = json.loads(summary_path.read_text())
+    if "distillation" in summary and (summary["distillation"] is None) != (method == "baseline"):
+        raise ValueError(
+            f"{exp_dir} was trained {'without' if summary['distillation'] is None else 'with'} "
+            f"distillation ({summary['distillation']}) but the row says method {method!r}"
+        )
     ckpt_cfg = _model_config(exp_dir, summary["epochs"])
     return {
         "role": role,

@@ -11,6 +11,7 @@ multi-GPU and multi-node runs (NCCL on GPUs, gloo on CPU).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -655,6 +656,7 @@ class Trainer:
                 "train_seconds": round(self.train_seconds, 1),
                 "world_size": self.world_size,
                 "device": str(self.device),
+                "distillation": dataclasses.asdict(cfg.frame_kd) if cfg.frame_kd.enabled else None,
             }
             with atomic_path(cfg.exp_dir / "train-summary.json") as tmp:
                 tmp.write_text(json.dumps(summary, indent=1) + "\n")

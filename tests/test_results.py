@@ -102,3 +102,22 @@ def test_missing_inputs_are_explained(tmp_path):
         main(args + ["--suffix", "epoch-9-avg-1"])
     with pytest.raises(ValueError, match="no '<!-- results:begin -->'"):
         main(args + ["--suffix", "epoch-3-avg-1"])
+
+
+def test_method_must_match_the_trained_distillation(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text(f"{BEGIN}\n{END}\n")
+    exp = fake_exp(tmp_path, "kd", True, (1.0, 2.0))
+    summary = json.loads((exp / "train-summary.json").read_text())
+    args = ["--results", str(results), "--exp-dir", str(exp), "--role", "student"]
+    args += ["--suffix", "epoch-3-avg-1", "--command", "c", "--method"]
+    (exp / "train-summary.json").write_text(json.dumps({**summary, "distillation": None}))
+    with pytest.raises(ValueError, match="trained without distillation .* method 'MVQ-KD'"):
+        main(args + ["MVQ-KD"])
+    main(args + ["baseline"])
+    kd = {"codebook_loss_scale": 0.1}
+    (exp / "train-summary.json").write_text(json.dumps({**summary, "distillation": kd}))
+    with pytest.raises(ValueError, match="trained with distillation"):
+        main(args + ["baseline"])
+    main(args + ["MVQ-KD"])
+    assert "| student | MVQ-KD | yes |" in results.read_text()

@@ -216,3 +216,12 @@ def test_train_cli_builds_kd_options(tiny_data, kd_data, tmp_path):
     args.teacher_model = None
     with pytest.raises(SystemExit, match="needs --teacher-model"):
         train_cli.build_config(args)
+
+
+def test_quantizer_without_mvq_kd_is_refused(tiny_data, kd_data, tmp_path):
+    args = train_cli.get_parser().parse_args([
+        "--exp-dir", str(tmp_path), "--bpe-model", str(tiny_data["bpe_model"]),
+        "--quantizer", str(kd_data["dir"] / "quantizer.pt"),
+    ])  # fmt: skip
+    with pytest.raises(SystemExit, match="only used with MVQ-KD"):
+        train_cli.build_config(args)

@@ -34,9 +34,10 @@ kd_layer=0              # student layer (1-based) predicting the teacher targets
 codebook_loss_scale=0.1 # MVQ-KD loss weight (icefall's)
 embedding_loss_scale=1  # L2 baselines' loss weight
 kd_baselines=false      # also train the stored / on-the-fly L2 and non-streaming students
+students=               # stages 6-7: only these experiments (e.g. "student-l2-stored")
 
 options="stage stop_stage teacher_epochs student_epochs avg nj exp kd_layer codebook_loss_scale
- embedding_loss_scale kd_baselines"
+ embedding_loss_scale kd_baselines students"
 . "$(dirname "${BASH_SOURCE[0]}")/../../local/parse_options.sh" "$@"
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."   # the repository root
@@ -68,8 +69,11 @@ train_cmd() {  # exp-name epochs options...: the single-line train.py command
   local name=$1 epochs=$2; shift 2
   echo ./train.py --exp-dir $exp/$name --num-epochs $epochs $* $common
 }
-train() {  # exp-name epochs options...
+train() {  # exp-name epochs options...; skipped when epoch-<epochs>.pt exists
   local cmd; cmd=$(train_cmd "$@")
+  if [ -f $exp/$1/epoch-$2.pt ]; then
+    log "$exp/$1/epoch-$2.pt exists: $1 is trained, skipping"; return
+  fi
   mkdir -p $exp/$1
   $python $cmd 2>&1 | tee $exp/$1/train.log
 }
@@ -86,7 +90,8 @@ row() {  # exp-name epochs role method streaming(true|false) options...
     --role $role --method "$method" --suffix $suffix --command "$(train_cmd $name $epochs "$@")"
 }
 
-# The students of stages 6-7: exp-name|method|streaming|options
+# The students of stages 6-7: exp-name|method|streaming|options (options on one line)
+mvq_kd=$(echo $mvq_kd); l2_stored=$(echo $l2_stored); l2_teacher=$(echo $l2_teacher)
 kd_students=("student-mvq-kd|MVQ-KD|true|$small $streaming $mvq_kd")
 if [ "$kd_baselines" = true ]; then
   kd_students+=(
@@ -97,6 +102,15 @@ if [ "$kd_baselines" = true ]; then
     "student-nonstreaming-l2-stored|L2 (stored embeddings)|false|$small $l2_stored"
     "student-nonstreaming-l2-teacher|L2 (teacher on the fly)|false|$small $l2_teacher"
   )
+fi
+
+if [ -n "$students" ]; then
+  selected=()
+  for s in "${kd_students[@]}"; do
+    case " $students " in *" ${s%%|*} "*) selected+=("$s") ;; esac
+  done
+  [ ${#selected[@]} -gt 0 ] || { echo "$0: no student of stage 6 is named in --students" >&2; exit 1; }
+  kd_students=("${selected[@]}")
 fi
 
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
