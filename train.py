@@ -242,7 +242,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         quantizer_id=quantizer_id,
     )
     teacher = None
-    if frame_kd.use_embeddings and args.embedding_source == "teacher":
+    if frame_kd.runs_teacher:
         if args.teacher_model is None or args.teacher_layer is None:
             raise SystemExit("--embedding-source teacher needs --teacher-model and --teacher-layer")
         teacher = teacher_spec_from_args(args)

@@ -117,7 +117,7 @@ def main() -> None:
             data=data,
             optim=OptimConfig(warmup_batches=200),
             frame_kd=kd,
-            teacher=teacher if kd.embedding_source == "teacher" and kd.use_embeddings else None,
+            teacher=teacher if kd.runs_teacher else None,
             device="cpu",
         )
         trainers[name] = Trainer(cfg)

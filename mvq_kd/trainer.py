@@ -331,7 +331,7 @@ class Trainer:
             )
         student = Transducer(cfg.model)
         self.teacher: Optional[Teacher] = None
-        frame_kd = self._build_frame_kd(student) if cfg.frame_kd.enabled else None
+        frame_kd = self._build_frame_kd() if cfg.frame_kd.enabled else None
         model = TrainingModel(student, frame_kd).to(self.device)
         self.model: nn.Module = model
         self.optimizer = torch.optim.AdamW(
@@ -385,7 +385,7 @@ class Trainer:
         )
         self.valid_loader = make_loader(AsrDataset(), valid_sampler, cfg.data.num_workers)
 
-    def _build_frame_kd(self, student: Transducer) -> FrameKd:
+    def _build_frame_kd(self) -> FrameKd:
         """The frame-KD heads, sized from the training cuts' targets (or the teacher)."""
         cfg, kd = self.cfg, self.cfg.frame_kd
         if cfg.data.spec_augment and cfg.data.time_warp_factor > 0:
@@ -402,15 +402,15 @@ class Trainer:
                 f"MVQ-KD: {codebooks.dim} codebooks per {codebooks.frame_shift * 1000:.0f} ms "
                 f"teacher frame, quantizer {qid}, loss scale {kd.codebook_loss_scale}"
             )
-        if kd.use_embeddings and kd.embedding_source == "stored":
-            embeddings = probe_field(cuts, EMBEDDING_FIELD)
-        elif kd.use_embeddings:
+        if kd.runs_teacher:
             if cfg.teacher is None:
                 raise ValueError("embedding_source='teacher' needs a teacher (--teacher-model)")
             self.teacher = cfg.teacher.build(self.device)
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
             embeddings = TargetSpec(self.teacher.dim, self.teacher.frame_shift)
+        elif kd.use_embeddings:
+            embeddings = probe_field(cuts, EMBEDDING_FIELD)
         if embeddings is not None:
             logging.info(
                 f"{kd.embedding_loss.upper()} regression of {embeddings.dim}-dim teacher "

@@ -52,9 +52,9 @@ def align_teacher_frames(
     t = int(student_lens.max()) if b else 0
     dtype = indexes.dtype if indexes.is_floating_point() else torch.int64
     out = torch.full((b, t, ratio * n), pad_value, dtype=dtype, device=indexes.device)
-    for i in range(b):
+    usable_lens = aligned_lengths(index_lens, student_lens, ratio).tolist()
+    for i, usable in enumerate(usable_lens):
         s_len, i_len = int(student_lens[i]), int(index_lens[i])
-        usable = min(i_len // ratio, s_len)
         if abs(i_len / ratio - s_len) > tolerance:
             name = cut_ids[i] if cut_ids is not None else f"#{i}"
             raise ValueError(

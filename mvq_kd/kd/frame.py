@@ -75,10 +75,15 @@ class FrameKdConfig:
     def enabled(self) -> bool:
         return self.use_codebooks or self.use_embeddings
 
+    @property
+    def runs_teacher(self) -> bool:
+        """The teacher runs on every batch (embedding targets computed on the fly)."""
+        return self.use_embeddings and self.embedding_source == "teacher"
+
     def cut_fields(self) -> List[str]:
         """The cut fields the training batches must carry."""
         fields = [INDEX_FIELD] if self.use_codebooks else []
-        if self.use_embeddings and self.embedding_source == "stored":
+        if self.use_embeddings and not self.runs_teacher:
             fields.append(EMBEDDING_FIELD)
         return fields
 
