@@ -16,6 +16,10 @@ Frame-level distillation (train on the manifests of prepare.sh stage 7):
     on-the-fly L2:     --embedding-loss l2 --embedding-source teacher \
                        --teacher-model egs/synth/exp/teacher --teacher-epoch 10 \
                        --teacher-avg 3 --teacher-layer 4
+Layer-wise KD into a streaming student (a non-streaming Conformer teacher on the fly):
+    --causal true --feature-loss-scale 1 --attention-loss-scale 0.1 --apc-loss-scale 1 \
+    --teacher-model egs/synth/exp/teacher --teacher-epoch 10 --teacher-avg 3 \
+    [--unlabeled-parts train-unlabeled --unlabeled-ratio 1]
 """
 
 import argparse
@@ -25,6 +29,7 @@ from pathlib import Path
 from mvq_kd.codebooks import add_teacher_args, teacher_spec_from_args
 from mvq_kd.dataset import DataConfig
 from mvq_kd.kd.frame import EMBEDDING_SOURCES, FrameKdConfig
+from mvq_kd.kd.layerwise import LayerwiseKdConfig
 from mvq_kd.kd.regression import LOSS_KINDS
 from mvq_kd.model.encoder import EncoderConfig
 from mvq_kd.model.transducer import TransducerConfig
@@ -165,6 +170,63 @@ def add_kd_args(p: argparse.ArgumentParser) -> None:
         default=kc.embedding_source,
         help="stored: the cuts' teacher_embeddings; teacher: run the --teacher-* on every batch",
     )
+    lw, lc = p.add_argument_group("layer-wise distillation (auxiliary non-streaming layers)"), (
+        LayerwiseKdConfig()
+    )
+    lw.add_argument(
+        "--layerwise-student-layers",
+        type=int,
+        nargs="+",
+        default=[],
+        help="1-based student layers with an auxiliary branch (default: --layerwise-connections "
+        "evenly spaced layers)",
+    )
+    lw.add_argument(
+        "--layerwise-teacher-layers",
+        type=int,
+        nargs="+",
+        default=[],
+        help="the teacher layer of each --layerwise-student-layers",
+    )
+    lw.add_argument(
+        "--layerwise-connections",
+        type=int,
+        default=lc.num_connections,
+        help="connections of the default map (16 / 16 layers, 4: 4-4, 8-8, 12-12, 16-16)",
+    )
+    lw.add_argument(
+        "--feature-loss-scale",
+        type=float,
+        default=lc.feature_loss_scale,
+        help="weight of -log sigmoid(cos) between teacher and auxiliary features (0: off)",
+    )
+    lw.add_argument(
+        "--attention-loss-scale",
+        type=float,
+        default=lc.attention_loss_scale,
+        help="weight of the QQ/KK/VV attention-relation KL (0: off)",
+    )
+    lw.add_argument(
+        "--apc-loss-scale",
+        type=float,
+        default=lc.apc_loss_scale,
+        help="weight of the future-prediction (APC) loss (0: off)",
+    )
+    lw.add_argument(
+        "--apc-shift", type=int, default=lc.apc_shift, help="APC: frames ahead to predict"
+    )
+    lw.add_argument(
+        "--unlabeled-parts",
+        nargs="*",
+        default=[],
+        help="cut parts without transcripts (e.g. train-unlabeled): distillation losses only",
+    )
+    lw.add_argument(
+        "--unlabeled-ratio",
+        type=float,
+        default=DataConfig.unlabeled_ratio,
+        help="unlabeled cuts per labeled cut in an epoch",
+    )
     add_teacher_args(p, required=False)
 
 
@@ -208,6 +270,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         musan_cuts=args.musan,
         num_workers=args.num_workers,
         seed=args.seed,
+        unlabeled_cuts=[cuts(args.manifest_dir, p) for p in args.unlabeled_parts],
+        unlabeled_ratio=args.unlabeled_ratio,
     )
     optim = OptimConfig(
         base_lr=args.base_lr,
@@ -241,10 +305,21 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         embedding_source=args.embedding_source,
         quantizer_id=quantizer_id,
     )
+    layerwise_kd = LayerwiseKdConfig(
+        student_layers=tuple(args.layerwise_student_layers),
+        teacher_layers=tuple(args.layerwise_teacher_layers),
+        num_connections=args.layerwise_connections,
+        feature_loss_scale=args.feature_loss_scale,
+        attention_loss_scale=args.attention_loss_scale,
+        apc_loss_scale=args.apc_loss_scale,
+        apc_shift=args.apc_shift,
+    )
     teacher = None
-    if frame_kd.runs_teacher:
-        if args.teacher_model is None or args.teacher_layer is None:
-            raise SystemExit("--embedding-source teacher needs --teacher-model and --teacher-layer")
+    if frame_kd.runs_teacher and (args.teacher_model is None or args.teacher_layer is None):
+        raise SystemExit("--embedding-source teacher needs --teacher-model and --teacher-layer")
+    if layerwise_kd.enabled and args.teacher_model is None:
+        raise SystemExit("layer-wise KD needs --teacher-model (a train.py experiment folder)")
+    if frame_kd.runs_teacher or layerwise_kd.enabled:
         teacher = teacher_spec_from_args(args)
     return TrainConfig(
         exp_dir=args.exp_dir,
@@ -254,6 +329,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         optim=optim,
         loss=loss,
         frame_kd=frame_kd,
+        layerwise_kd=layerwise_kd,
         teacher=teacher,
         num_epochs=args.num_epochs,
         start_epoch=args.start_epoch,

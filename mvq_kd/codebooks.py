@@ -51,7 +51,8 @@ class TeacherSpec:
         kind: ``conformer`` (an experiment folder of ``train.py``) or ``hf`` (a
             ``transformers`` directory / hub name, or a fairseq HuBERT ``.pt``).
         model: the folder, name or file.
-        layer: 1-based layer whose output is embedded.
+        layer: 1-based layer whose output is embedded (None: a conformer teacher's
+            last layer; layer-wise KD picks its layers itself).
         epoch, avg: checkpoints averaged (``conformer`` only).
         normalize: per-utterance waveform normalisation (``hf`` only; None: the
             model's own setting).
@@ -59,7 +60,7 @@ class TeacherSpec:
 
     kind: str
     model: str
-    layer: int
+    layer: Optional[int]
     epoch: int = 0
     avg: int = 1
     normalize: Optional[bool] = None
@@ -72,6 +73,8 @@ class TeacherSpec:
                 self.model, self.epoch, self.avg, self.layer
             )
         elif self.kind == "hf":
+            if self.layer is None:
+                raise ValueError("an hf teacher needs --teacher-layer")
             teacher = HfSslTeacher.from_pretrained(self.model, self.layer, self.normalize)
         else:
             raise ValueError(f"unknown teacher kind {self.kind!r} (conformer or hf)")

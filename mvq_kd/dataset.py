@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -141,6 +141,9 @@ class DataConfig:
         num_workers: dataloader worker processes.
         min_duration, max_cut_duration: training cuts outside are dropped.
         seed: sampler seed (batches are a function of seed and epoch).
+        unlabeled_cuts: cut manifests without transcripts (distillation only), mixed
+            into the training cuts (see :func:`training_cuts`).
+        unlabeled_ratio: unlabeled cuts per labeled cut in an epoch.
     """
 
     train_cuts: List[Path]
@@ -154,6 +157,12 @@ class DataConfig:
     min_duration: float = 0.5
     max_cut_duration: float = 20.0
     seed: int = 42
+    unlabeled_cuts: List[Path] = field(default_factory=list)
+    unlabeled_ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.unlabeled_ratio <= 0:
+            raise ValueError(f"unlabeled_ratio must be > 0, got {self.unlabeled_ratio}")
 
 
 def load_cuts(paths: Sequence[Path]) -> CutSet:
@@ -163,6 +172,20 @@ def load_cuts(paths: Sequence[Path]) -> CutSet:
             raise FileNotFoundError(f"No cut manifest {path}: run ./prepare.sh first")
     cut_sets = [load_manifest_lazy(p) for p in paths]
     return cut_sets[0] if len(cut_sets) == 1 else CutSet.mux(*cut_sets)
+
+
+def training_cuts(cfg: DataConfig) -> CutSet:
+    """The training cuts of an epoch: every labeled cut and, with ``unlabeled_cuts``,
+    about ``unlabeled_ratio`` unlabeled cuts per labeled one, interleaved at random
+    (lhotse ``mux``; the unlabeled set is cycled, so a ratio above their count ratio
+    repeats them). The epoch ends with the labeled cuts."""
+    labeled = load_cuts(cfg.train_cuts)
+    if not cfg.unlabeled_cuts:
+        return labeled
+    unlabeled = load_cuts(cfg.unlabeled_cuts).repeat()
+    return CutSet.mux(
+        labeled, unlabeled, weights=[1.0, cfg.unlabeled_ratio], stop_early=True, seed=cfg.seed
+    )
 
 
 class NoiseMix:

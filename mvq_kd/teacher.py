@@ -29,7 +29,7 @@ import re
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -372,17 +372,20 @@ def _map_fairseq_key(key: str) -> Optional[str]:
 
 
 class ConformerTeacher(Teacher):
-    """A transducer of this project as a teacher: output of encoder ``layer`` (1-based).
+    """A transducer of this project as a teacher: output of encoder ``layer`` (1-based;
+    None: the last), and for layer-wise KD any layers with their attention
+    (:meth:`layer_outputs`).
 
     Input: (B, T, 80) fbank. Frame shift: 4 x the fbank shift (0.04 s).
     """
 
     input_type = "fbank"
 
-    def __init__(self, model: nn.Module, layer: int) -> None:
+    def __init__(self, model: nn.Module, layer: Optional[int] = None) -> None:
         super().__init__()
         encoder = model.encoder
         num_layers = len(encoder.layers)
+        layer = num_layers if layer is None else layer
         if not 1 <= layer <= num_layers:
             raise ValueError(f"layer must be in 1..{num_layers} (1-based), got {layer}")
         if encoder.config.causal:
@@ -390,11 +393,13 @@ class ConformerTeacher(Teacher):
         self.encoder = encoder.eval()
         self.layer = layer
         self.dim = encoder.config.d_model
+        self.num_layers = num_layers
+        self.num_heads = encoder.config.num_heads
         self.frame_shift = ENCODER_FRAME_SHIFT
 
     @classmethod
     def from_checkpoint(
-        cls, exp_dir: Union[str, Path], epoch: int, avg: int, layer: int
+        cls, exp_dir: Union[str, Path], epoch: int, avg: int, layer: Optional[int] = None
     ) -> "ConformerTeacher":
         """Averaged ``epoch-*.pt`` of a ``train.py`` experiment (like ``decode.py``)."""
         from mvq_kd.evaluate import load_model
@@ -405,7 +410,25 @@ class ConformerTeacher(Teacher):
     @torch.no_grad()
     def embed(self, x: Tensor, x_lens: Tensor) -> TeacherOutput:
         """x: (B, T, F) fbank, x_lens: (B,) valid frames."""
-        chunk = None if not self.encoder.config.causal else -1
-        out = self.encoder(x, x_lens, chunk_size=chunk, left_context=chunk)
+        out = self._encode(x, x_lens, return_qkv=False)
         emb = out.layers[self.layer - 1]
         return TeacherOutput(_zero_padding(emb, out.out_lens), out.out_lens, self.frame_shift)
+
+    @torch.no_grad()
+    def layer_outputs(
+        self, x: Tensor, x_lens: Tensor, layers: Sequence[int], with_qkv: bool
+    ) -> "TeacherLayers":
+        """Outputs (and attention q, k, v) of the 1-based ``layers`` for layer-wise KD."""
+        from mvq_kd.kd.layerwise import TeacherLayers
+
+        out = self._encode(x, x_lens, return_qkv=with_qkv)
+        return TeacherLayers(
+            outputs={m: out.layers[m - 1] for m in layers},
+            qkv={m: out.qkv[m - 1] for m in layers} if with_qkv else {},
+            lens=out.out_lens,
+        )
+
+    def _encode(self, x: Tensor, x_lens: Tensor, return_qkv: bool):
+        """Full-context forward (a causal teacher, too)."""
+        chunk = None if not self.encoder.config.causal else -1
+        return self.encoder(x, x_lens, chunk_size=chunk, left_context=chunk, return_qkv=return_qkv)

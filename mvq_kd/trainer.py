@@ -39,11 +39,13 @@ from mvq_kd.dataset import (
     make_loader,
     make_sampler,
     train_dataset,
+    training_cuts,
 )
 from mvq_kd.kd.frame import FrameKd, FrameKdConfig, TargetSpec, probe_field
+from mvq_kd.kd.layerwise import LayerwiseKd, LayerwiseKdConfig, TeacherLayers
 from mvq_kd.model.encoder import ENCODER_FRAME_SHIFT, FBANK_FRAME_SHIFT, ConformerEncoder
 from mvq_kd.model.transducer import Transducer, TransducerConfig, TransducerOutput
-from mvq_kd.teacher import Teacher
+from mvq_kd.teacher import ConformerTeacher, Teacher
 from mvq_kd.utils import atomic_path
 
 
@@ -91,7 +93,8 @@ class LossConfig:
 class TrainConfig:
     """Everything a training run needs (``train.py`` builds it from its arguments).
 
-    ``teacher`` is the teacher run on the fly (``frame_kd.embedding_source="teacher"``).
+    ``teacher`` is the teacher run on the fly: for ``frame_kd.embedding_source="teacher"``
+    and for layer-wise KD (a Conformer of this project).
     """
 
     exp_dir: Path
@@ -101,6 +104,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     frame_kd: FrameKdConfig = field(default_factory=FrameKdConfig)
+    layerwise_kd: LayerwiseKdConfig = field(default_factory=LayerwiseKdConfig)
     teacher: Optional[TeacherSpec] = None
     num_epochs: int = 10
     start_epoch: int = 1
@@ -214,10 +218,16 @@ class TrainingModel(nn.Module):
     One module, so that DDP sees every trained parameter in one forward.
     """
 
-    def __init__(self, student: Transducer, frame_kd: Optional[FrameKd] = None) -> None:
+    def __init__(
+        self,
+        student: Transducer,
+        frame_kd: Optional[FrameKd] = None,
+        layerwise_kd: Optional[LayerwiseKd] = None,
+    ) -> None:
         super().__init__()
         self.student = student
         self.frame_kd = frame_kd
+        self.layerwise_kd = layerwise_kd
 
     def forward(
         self,
@@ -226,13 +236,17 @@ class TrainingModel(nn.Module):
         y: Tensor,
         y_lens: Tensor,
         cfg: LossConfig,
+        weights: Optional[Tensor] = None,
         kd_targets: Optional[Dict[str, Tuple[Tensor, Tensor]]] = None,
         kd_lens: Optional[Tensor] = None,
         cut_ids: Optional[List[str]] = None,
+        teacher_layers: Optional[TeacherLayers] = None,
     ) -> Tuple[TransducerOutput, Dict[str, Tensor]]:
-        """Transducer losses (see :meth:`Transducer.forward`) and, with ``kd_targets``,
-        the unscaled frame-KD losses (see :meth:`FrameKd.forward`; ``kd_lens``: (B,)
-        student frames that have targets)."""
+        """Transducer losses (see :meth:`Transducer.forward`; ``weights``: (B,)
+        per-utterance weights, 0 for unlabeled cuts) and the unscaled distillation
+        losses: frame-level with ``kd_targets`` (see :meth:`FrameKd.forward`),
+        layer-wise with ``teacher_layers`` (see :meth:`LayerwiseKd.forward`); ``kd_lens``:
+        (B,) student frames that have teacher targets."""
         out = self.student(
             x,
             x_lens,
@@ -241,11 +255,24 @@ class TrainingModel(nn.Module):
             prune_range=cfg.prune_range,
             am_scale=cfg.am_scale,
             lm_scale=cfg.lm_scale,
+            weights=weights,
         )
         kd: Dict[str, Tensor] = {}
         if kd_targets is not None and self.frame_kd is not None:
-            kd = self.frame_kd(out.encoder.layers, kd_lens, kd_targets, cut_ids)
+            kd.update(self.frame_kd(out.encoder.layers, kd_lens, kd_targets, cut_ids))
+        if teacher_layers is not None and self.layerwise_kd is not None:
+            kd.update(self.layerwise_kd(out.encoder.layers, kd_lens, teacher_layers))
         return out, kd
+
+    def kd_weighted_sum(self, kd: Dict[str, Tensor]) -> Tensor:
+        """The distillation losses of :meth:`forward`, each times its scale, summed."""
+        total = torch.zeros((), device=next(iter(kd.values())).device)
+        for module in (self.frame_kd, self.layerwise_kd):
+            if module is not None:
+                mine = {k: v for k, v in kd.items() if k in module.scales}
+                if mine:
+                    total = total + module.weighted_sum(mine)
+        return total
 
 
 def _unwrap(model: nn.Module) -> TrainingModel:
@@ -267,6 +294,22 @@ def frame_kd_targets(
     return targets
 
 
+def layerwise_teacher_targets(
+    batch: Dict, teacher: ConformerTeacher, kd: LayerwiseKd, device: torch.device
+) -> TeacherLayers:
+    """The teacher's layers (and attention) on the batch's clean ``teacher_inputs``."""
+    with torch.autocast(device.type, enabled=False):
+        return teacher.layer_outputs(
+            batch["teacher_inputs"].to(device),
+            batch["teacher_input_lens"].to(device),
+            kd.teacher_layers,
+            with_qkv=kd.needs_qkv,
+        )
+
+
+TRANSDUCER_LOSSES = ("simple_loss", "pruned_loss", "ctc_loss")
+
+
 def compute_loss(
     model: nn.Module,
     batch: Dict,
@@ -275,41 +318,72 @@ def compute_loss(
     step: int,
     device: torch.device,
     kd_targets: Optional[Dict[str, Tuple[Tensor, Tensor]]] = None,
+    teacher_layers: Optional[TeacherLayers] = None,
 ) -> Tuple[Tensor, Dict[str, float]]:
     """Weighted transducer (+ distillation) loss of a batch, normalized per encoder frame.
 
+    The transducer losses count the labeled cuts only (per labeled frame); the
+    distillation losses count every cut (per frame), so unlabeled cuts (text None)
+    contribute distillation only.
+
     Args:
         model: a :class:`TrainingModel` (or DDP around one).
-        kd_targets: frame-level teacher targets (:func:`frame_kd_targets`); None: no KD.
+        kd_targets: frame-level teacher targets (:func:`frame_kd_targets`); None: no
+            frame-level KD.
+        teacher_layers: the teacher's layers for layer-wise KD; None: none.
 
     Returns:
-        the loss to back-propagate, and summed statistics for logging
-        (``frames``, ``simple_loss``, ``pruned_loss``, the KD losses (unscaled),
-        ``loss``; losses summed over frames).
+        the loss to back-propagate, and summed statistics for logging: ``frames``,
+        ``labeled_frames``, the transducer losses (over labeled frames), the KD losses
+        (unscaled, over all frames) and ``loss`` (the normalized loss times ``frames``).
     """
     x = batch["features"].to(device)
     x_lens = batch["feature_lens"].to(device)
     y, y_lens = tokenize(sp, batch["texts"], device)
+    labeled = torch.tensor([t is not None for t in batch["texts"]], device=device)
+    weights = None if bool(labeled.all()) else labeled.float()
     kd_lens = None
-    if kd_targets is not None:
+    if kd_targets is not None or teacher_layers is not None:
         kd_lens = ConformerEncoder.output_lengths(batch["speech_feature_lens"]).to(device)
-    out, kd = model(x, x_lens, y, y_lens, cfg, kd_targets, kd_lens, [c.id for c in batch["cuts"]])
+    out, kd = model(
+        x,
+        x_lens,
+        y,
+        y_lens,
+        cfg,
+        weights,
+        kd_targets,
+        kd_lens,
+        [c.id for c in batch["cuts"]],
+        teacher_layers,
+    )
     simple_scale, pruned_scale = cfg.scales(step)
-    loss = simple_scale * out.simple_loss + pruned_scale * out.pruned_loss
+    transducer = simple_scale * out.simple_loss + pruned_scale * out.pruned_loss
     frames = float(out.encoder.out_lens.sum())
+    labeled_frames = float(out.encoder.out_lens[labeled].sum())
     stats = {
         "frames": frames,
+        "labeled_frames": labeled_frames,
         "simple_loss": float(out.simple_loss.detach()),
         "pruned_loss": float(out.pruned_loss.detach()),
     }
     if out.ctc_loss is not None:
-        loss = loss + cfg.ctc_loss_scale * out.ctc_loss
+        transducer = transducer + cfg.ctc_loss_scale * out.ctc_loss
         stats["ctc_loss"] = float(out.ctc_loss.detach())
+    # A batch of unlabeled cuts only: the transducer term is 0 (its parameters still
+    # get a zero gradient, as DDP needs).
+    loss = transducer / max(labeled_frames, 1.0)
     if kd:
-        loss = loss + _unwrap(model).frame_kd.weighted_sum(kd)
+        loss = loss + _unwrap(model).kd_weighted_sum(kd) / frames
         stats.update({k: float(v.detach()) for k, v in kd.items()})
-    stats["loss"] = float(loss.detach())
-    return loss / frames, stats
+    stats["loss"] = float(loss.detach()) * frames
+    return loss, stats
+
+
+def per_frame(stats: Dict[str, float], key: str) -> float:
+    """A summed statistic of :func:`compute_loss` per frame it was summed over."""
+    frames = stats["labeled_frames"] if key in TRANSDUCER_LOSSES else stats["frames"]
+    return stats[key] / max(frames, 1.0)
 
 
 class Trainer:
@@ -331,8 +405,22 @@ class Trainer:
             )
         student = Transducer(cfg.model)
         self.teacher: Optional[Teacher] = None
+        if cfg.data.unlabeled_cuts and not (cfg.layerwise_kd.enabled or cfg.frame_kd.runs_teacher):
+            raise ValueError(
+                "unlabeled cuts only train the distillation losses of a teacher run on the "
+                "fly: enable layer-wise KD or --embedding-source teacher (or leave out "
+                "--unlabeled-parts)"
+            )
+        if cfg.data.unlabeled_cuts and cfg.frame_kd.cut_fields():
+            raise ValueError(
+                f"the unlabeled cuts have no stored {cfg.frame_kd.cut_fields()}: frame-level "
+                "KD from stored targets cannot train on them"
+            )
+        if cfg.frame_kd.runs_teacher or cfg.layerwise_kd.enabled:
+            self.teacher = self._build_teacher()
         frame_kd = self._build_frame_kd() if cfg.frame_kd.enabled else None
-        model = TrainingModel(student, frame_kd).to(self.device)
+        layerwise_kd = self._build_layerwise_kd() if cfg.layerwise_kd.enabled else None
+        model = TrainingModel(student, frame_kd, layerwise_kd).to(self.device)
         self.model: nn.Module = model
         self.optimizer = torch.optim.AdamW(
             model.parameters(), lr=cfg.optim.base_lr, weight_decay=cfg.optim.weight_decay
@@ -361,7 +449,7 @@ class Trainer:
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self.cut_filter = CutFilter(self.sp, cfg.data.min_duration, cfg.data.max_cut_duration)
-        train_cuts = load_cuts(cfg.data.train_cuts).filter(self.cut_filter)
+        train_cuts = training_cuts(cfg.data).filter(self.cut_filter)
         self.sampler = ResumableSampler(
             make_sampler(train_cuts, cfg.data, shuffle=True, world_size=world_size, rank=rank)
         )
@@ -385,6 +473,59 @@ class Trainer:
         )
         self.valid_loader = make_loader(AsrDataset(), valid_sampler, cfg.data.num_workers)
 
+    def _build_teacher(self) -> Teacher:
+        """The frozen teacher run on every batch."""
+        cfg = self.cfg
+        if cfg.teacher is None:
+            raise ValueError(
+                "distillation from a teacher run on the fly (--embedding-source teacher, "
+                "layer-wise KD) needs --teacher-model"
+            )
+        teacher = cfg.teacher.build(self.device)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        logging.info(
+            f"Teacher on the fly: {cfg.teacher.kind} {cfg.teacher.model} "
+            f"({sum(p.numel() for p in teacher.parameters()) / 1e6:.2f} M parameters, frozen)"
+        )
+        return teacher
+
+    def _build_layerwise_kd(self) -> LayerwiseKd:
+        """The auxiliary non-streaming branches of layer-wise KD."""
+        cfg, teacher = self.cfg, self.teacher
+        if not isinstance(teacher, ConformerTeacher):
+            raise ValueError(
+                "layer-wise KD needs a Conformer teacher trained by train.py (--teacher-kind "
+                f"conformer): it reads the teacher's attention; got {cfg.teacher.kind}"
+            )
+        if abs(teacher.frame_shift - ENCODER_FRAME_SHIFT) > 1e-6:
+            raise ValueError(
+                f"layer-wise KD needs the teacher's frame rate to be the student's: teacher "
+                f"{teacher.frame_shift} s, student {ENCODER_FRAME_SHIFT} s per frame"
+            )
+        if cfg.data.spec_augment and cfg.data.time_warp_factor > 0:
+            raise ValueError(
+                "Time-warp SpecAugment moves frames away from the teacher's: use "
+                "--time-warp-factor 0 (or --spec-augment false) with layer-wise KD"
+            )
+        enc = cfg.model.encoder
+        kd = LayerwiseKd(
+            cfg.layerwise_kd,
+            enc.d_model,
+            enc.num_layers,
+            teacher.dim,
+            teacher.num_layers,
+            teacher.num_heads,
+            dropout=enc.dropout,
+        )
+        scales = ", ".join(f"{k} {v}" for k, v in kd.scales.items() if v > 0)
+        logging.info(
+            f"Layer-wise KD (student -> teacher layers {kd.pairs}; {scales}"
+            + (f", APC {kd.apc_shift} frames ahead" if kd.scales["apc_loss"] else "")
+            + f"): {sum(p.numel() for p in kd.parameters()) / 1e6:.2f} M training-only parameters"
+        )
+        return kd
+
     def _build_frame_kd(self) -> FrameKd:
         """The frame-KD heads, sized from the training cuts' targets (or the teacher)."""
         cfg, kd = self.cfg, self.cfg.frame_kd
@@ -403,11 +544,6 @@ class Trainer:
                 f"teacher frame, quantizer {qid}, loss scale {kd.codebook_loss_scale}"
             )
         if kd.runs_teacher:
-            if cfg.teacher is None:
-                raise ValueError("embedding_source='teacher' needs a teacher (--teacher-model)")
-            self.teacher = cfg.teacher.build(self.device)
-            for p in self.teacher.parameters():
-                p.requires_grad_(False)
             embeddings = TargetSpec(self.teacher.dim, self.teacher.frame_shift)
         elif kd.use_embeddings:
             embeddings = probe_field(cuts, EMBEDDING_FIELD)
@@ -459,6 +595,13 @@ class Trainer:
                     "KD; resume it with the options it was trained with"
                 )
             model.frame_kd.load_state_dict(ckpt["kd_modules"])
+        if model.layerwise_kd is not None:
+            if "layerwise_modules" not in ckpt:
+                raise ValueError(
+                    f"{path} has no auxiliary layers: it was trained without layer-wise KD; "
+                    "resume it with the options it was trained with"
+                )
+            model.layerwise_kd.load_state_dict(ckpt["layerwise_modules"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["grad_scaler"])
         self.step, self.epoch = ckpt["step"], ckpt["epoch"]
@@ -508,6 +651,8 @@ class Trainer:
         }
         if model.frame_kd is not None:
             ckpt["kd_modules"] = model.frame_kd.state_dict()
+        if model.layerwise_kd is not None:
+            ckpt["layerwise_modules"] = model.layerwise_kd.state_dict()
         with atomic_path(path) as tmp:
             torch.save(ckpt, tmp)
         logging.info(f"Saved {path}")
@@ -534,14 +679,27 @@ class Trainer:
         optimizer step): its statistics (see :func:`compute_loss`) and gradient norm,
         or None when the loss was not finite (the batch is skipped and counted)."""
         cfg = self.cfg
-        kd_targets = None
+        kd_targets, teacher_layers = None, None
         if cfg.frame_kd.enabled:
             kd_targets = frame_kd_targets(
-                batch, cfg.frame_kd.cut_fields(), self.teacher, self.device
+                batch,
+                cfg.frame_kd.cut_fields(),
+                self.teacher if cfg.frame_kd.runs_teacher else None,
+                self.device,
             )
+        layerwise = _unwrap(self.model).layerwise_kd
+        if layerwise is not None:
+            teacher_layers = layerwise_teacher_targets(batch, self.teacher, layerwise, self.device)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=cfg.use_fp16):
             loss, stats = compute_loss(
-                self.model, batch, self.sp, cfg.loss, self.step, self.device, kd_targets
+                self.model,
+                batch,
+                self.sp,
+                cfg.loss,
+                self.step,
+                self.device,
+                kd_targets,
+                teacher_layers,
             )
         self.batch_in_epoch += 1
         self.step += 1
@@ -584,8 +742,8 @@ class Trainer:
             if self.step % cfg.log_interval == 0:
                 elapsed = time.time() - t0
                 parts = ", ".join(
-                    f"{k.removesuffix('_loss')} {v / stats['frames']:.4f}"
-                    for k, v in stats.items()
+                    f"{k.removesuffix('_loss')} {per_frame(stats, k):.4f}"
+                    for k in stats
                     if k.endswith("_loss")
                 )
                 logging.info(
@@ -595,9 +753,9 @@ class Trainer:
                     f"{frames_since * ENCODER_FRAME_SHIFT / max(elapsed, 1e-9):.1f} s audio/s"
                 )
                 if self.tb is not None:
-                    for k, v in stats.items():
+                    for k in stats:
                         if k == "loss" or k.endswith("_loss"):
-                            self.tb.add_scalar(f"train/{k}", v / stats["frames"], self.step)
+                            self.tb.add_scalar(f"train/{k}", per_frame(stats, k), self.step)
                     self.tb.add_scalar("train/lr", lr, self.step)
                     self.tb.add_scalar("train/grad_norm", grad_norm, self.step)
                 t0, frames_since = time.time(), 0.0
@@ -656,12 +814,27 @@ class Trainer:
                 "train_seconds": round(self.train_seconds, 1),
                 "world_size": self.world_size,
                 "device": str(self.device),
-                "distillation": dataclasses.asdict(cfg.frame_kd) if cfg.frame_kd.enabled else None,
+                "distillation": distillation_summary(cfg),
             }
             with atomic_path(cfg.exp_dir / "train-summary.json") as tmp:
                 tmp.write_text(json.dumps(summary, indent=1) + "\n")
         if self.tb is not None:
             self.tb.close()
+
+
+def distillation_summary(cfg: TrainConfig) -> Optional[Dict]:
+    """The enabled distillation configs (None: a plain transducer run)."""
+    kd = {}
+    if cfg.frame_kd.enabled:
+        kd["frame"] = dataclasses.asdict(cfg.frame_kd)
+    if cfg.layerwise_kd.enabled:
+        kd["layerwise"] = dataclasses.asdict(cfg.layerwise_kd)
+    if kd and cfg.data.unlabeled_cuts:
+        kd["unlabeled"] = {
+            "cuts": [str(p) for p in cfg.data.unlabeled_cuts],
+            "ratio": cfg.data.unlabeled_ratio,
+        }
+    return kd or None
 
 
 def pick_device(name: str, rank: int = 0) -> torch.device:

@@ -108,6 +108,7 @@ class Transducer(nn.Module):
         chunk_size: Optional[int] = None,
         left_context: Optional[int] = None,
         return_qkv: bool = False,
+        weights: Optional[Tensor] = None,
     ) -> TransducerOutput:
         """Simple and pruned RNN-T losses, each summed over the batch.
 
@@ -122,11 +123,18 @@ class Transducer(nn.Module):
             am_scale / lm_scale: weights of the acoustic-only / LM-only terms of the
                 smoothed simple loss.
             chunk_size / left_context / return_qkv: see ``ConformerEncoder.forward``.
+            weights: (B,) per-utterance loss weights (0 for an unlabeled cut: its
+                encoder output still serves distillation); None: all 1.
 
         Returns:
             :class:`TransducerOutput`.
         """
         blank = self.config.blank_id
+        reduction = "sum" if weights is None else "none"
+
+        def reduce(loss: Tensor) -> Tensor:
+            return loss if weights is None else (loss * weights).sum()
+
         enc = self.encoder(x, x_lens, chunk_size, left_context, return_qkv)
         s = y_padded.size(1)
         y = y_padded.masked_fill(
@@ -149,9 +157,10 @@ class Transducer(nn.Module):
                 lm_only_scale=lm_scale,
                 am_only_scale=am_scale,
                 boundary=boundary,
-                reduction="sum",
+                reduction=reduction,
                 return_grad=True,
             )
+            simple_loss = reduce(simple_loss)
         ranges = get_rnnt_prune_ranges(px_grad, py_grad, boundary, prune_range)
         am_pruned, lm_pruned = do_rnnt_pruning(
             self.joiner.encoder_proj(enc.out), self.joiner.decoder_proj(dec), ranges
@@ -164,8 +173,9 @@ class Transducer(nn.Module):
                 ranges=ranges,
                 termination_symbol=blank,
                 boundary=boundary,
-                reduction="sum",
+                reduction=reduction,
             )
+            pruned_loss = reduce(pruned_loss)
         ctc_loss = None
         if self.ctc_output is not None:
             log_probs = self.ctc_output(enc.out).float().log_softmax(-1)  # (B, T', V)
@@ -175,9 +185,10 @@ class Transducer(nn.Module):
                 enc.out_lens,
                 y_lens,
                 blank=blank,
-                reduction="sum",
+                reduction=reduction,
                 zero_infinity=True,
             )
+            ctc_loss = reduce(ctc_loss)
         return TransducerOutput(
             simple_loss=simple_loss, pruned_loss=pruned_loss, encoder=enc, ctc_loss=ctc_loss
         )
