@@ -170,8 +170,9 @@ def add_kd_args(p: argparse.ArgumentParser) -> None:
         default=kc.embedding_source,
         help="stored: the cuts' teacher_embeddings; teacher: run the --teacher-* on every batch",
     )
-    lw, lc = p.add_argument_group("layer-wise distillation (auxiliary non-streaming layers)"), (
-        LayerwiseKdConfig()
+    lw, lc = (
+        p.add_argument_group("layer-wise distillation (auxiliary non-streaming layers)"),
+        (LayerwiseKdConfig()),
     )
     lw.add_argument(
         "--layerwise-student-layers",

@@ -34,6 +34,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from mvq_kd.kd.layerwise import TeacherLayers
 from mvq_kd.model.encoder import ENCODER_FRAME_SHIFT
 
 SAMPLE_RATE = 16000
@@ -417,10 +418,8 @@ class ConformerTeacher(Teacher):
     @torch.no_grad()
     def layer_outputs(
         self, x: Tensor, x_lens: Tensor, layers: Sequence[int], with_qkv: bool
-    ) -> "TeacherLayers":
+    ) -> TeacherLayers:
         """Outputs (and attention q, k, v) of the 1-based ``layers`` for layer-wise KD."""
-        from mvq_kd.kd.layerwise import TeacherLayers
-
         out = self._encode(x, x_lens, return_qkv=with_qkv)
         return TeacherLayers(
             outputs={m: out.layers[m - 1] for m in layers},

@@ -275,6 +275,13 @@ class TrainingModel(nn.Module):
         return total
 
 
+# The training-only modules of a TrainingModel: attribute, checkpoint key, what they do.
+KD_MODULES = (
+    ("frame_kd", "kd_modules", "frame-level KD"),
+    ("layerwise_kd", "layerwise_modules", "layer-wise KD"),
+)
+
+
 def _unwrap(model: nn.Module) -> TrainingModel:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
@@ -588,20 +595,16 @@ class Trainer:
             )
         model = _unwrap(self.model)
         model.student.load_state_dict(ckpt["model"])
-        if model.frame_kd is not None:
-            if "kd_modules" not in ckpt:
+        for attr, key, what in KD_MODULES:
+            module = getattr(model, attr)
+            if module is None:
+                continue
+            if key not in ckpt:
                 raise ValueError(
-                    f"{path} has no distillation modules: it was trained without frame-level "
-                    "KD; resume it with the options it was trained with"
+                    f"{path} has no {key}: it was trained without {what}; resume it with the "
+                    "options it was trained with"
                 )
-            model.frame_kd.load_state_dict(ckpt["kd_modules"])
-        if model.layerwise_kd is not None:
-            if "layerwise_modules" not in ckpt:
-                raise ValueError(
-                    f"{path} has no auxiliary layers: it was trained without layer-wise KD; "
-                    "resume it with the options it was trained with"
-                )
-            model.layerwise_kd.load_state_dict(ckpt["layerwise_modules"])
+            module.load_state_dict(ckpt[key])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["grad_scaler"])
         self.step, self.epoch = ckpt["step"], ckpt["epoch"]
@@ -649,10 +652,9 @@ class Trainer:
             "rng": rngs,
             "bpe_model": str(self.cfg.bpe_model),
         }
-        if model.frame_kd is not None:
-            ckpt["kd_modules"] = model.frame_kd.state_dict()
-        if model.layerwise_kd is not None:
-            ckpt["layerwise_modules"] = model.layerwise_kd.state_dict()
+        for attr, key, _ in KD_MODULES:
+            if getattr(model, attr) is not None:
+                ckpt[key] = getattr(model, attr).state_dict()
         with atomic_path(path) as tmp:
             torch.save(ckpt, tmp)
         logging.info(f"Saved {path}")

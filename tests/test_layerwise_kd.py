@@ -83,7 +83,7 @@ def test_apc_mask_never_lets_frame_t_see_its_target(shift):
 
 
 def _teacher_like(student_layers, lens, dim=8, heads=2):
-    """A teacher whose layer m is some fixed random function of nothing: random tensors."""
+    """Random teacher layers 1 and 2 (outputs and q, k, v) for the student layers' frames."""
     b, t = len(lens), student_layers[0].size(1)
     outputs = {m: torch.randn(b, t, dim) for m in (1, 2)}
     qkv = {m: tuple(torch.randn(b, heads, t, dim // heads) for _ in range(3)) for m in (1, 2)}
@@ -95,8 +95,9 @@ def test_layerwise_losses_every_parameter_gets_gradient():
     cfg = LayerwiseKdConfig(
         num_connections=2, feature_loss_scale=1.0, attention_loss_scale=1.0, apc_loss_scale=1.0
     )
-    kd = LayerwiseKd(cfg, student_dim=6, student_depth=2, teacher_dim=8, teacher_depth=2,
-                     teacher_heads=2)
+    kd = LayerwiseKd(
+        cfg, student_dim=6, student_depth=2, teacher_dim=8, teacher_depth=2, teacher_heads=2
+    )
     assert kd.pairs == [(1, 1), (2, 2)]
     lens = torch.tensor([9, 6])
     layers = [torch.randn(2, 9, 6, requires_grad=True) for _ in range(2)]
@@ -108,7 +109,11 @@ def test_layerwise_losses_every_parameter_gets_gradient():
     # Without APC the branches have no LSTM (no parameter left without gradient).
     no_apc = LayerwiseKd(
         LayerwiseKdConfig(num_connections=2, feature_loss_scale=1.0),
-        6, 2, 8, 2, 2,
+        6,
+        2,
+        8,
+        2,
+        2,
     )
     assert all(b.lstm is None for b in no_apc.branches)
 

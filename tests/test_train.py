@@ -4,6 +4,7 @@ import os
 import shutil
 import socket
 from pathlib import Path
+from typing import Tuple
 
 import numpy as np
 import sentencepiece as spm
@@ -110,15 +111,22 @@ def _ddp_worker(rank: int, world_size: int, port: int, cfg: TrainConfig, out: Pa
         dist.destroy_process_group()
 
 
-def test_ddp_two_gloo_processes_stay_identical(tiny_data, tmp_path):
+def run_ddp(cfg: TrainConfig, out: Path) -> Tuple[dict, dict]:
+    """Train ``cfg`` in two gloo processes; both ranks' results (see :func:`_ddp_worker`),
+    checked to have taken the same number (>= 2) of steps."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = tiny_config(tiny_data, tmp_path / "exp", data={"max_duration": 5.0})
-    mp.spawn(_ddp_worker, args=(2, port, cfg, tmp_path), nprocs=2, join=True)
-    r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
-    r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
+    mp.spawn(_ddp_worker, args=(2, port, cfg, out), nprocs=2, join=True)
+    r0 = torch.load(out / "rank0.pt", weights_only=False)
+    r1 = torch.load(out / "rank1.pt", weights_only=False)
     assert r0["step"] == r1["step"] >= 2
+    return r0, r1
+
+
+def test_ddp_two_gloo_processes_stay_identical(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, tmp_path / "exp", data={"max_duration": 5.0})
+    r0, r1 = run_ddp(cfg, tmp_path)
     assert r0["first"] != r1["first"], "ranks must see different batches"
     for k, v in r0["params"].items():
         torch.testing.assert_close(v, r1["params"][k], rtol=0, atol=0, msg=k)

@@ -1,11 +1,8 @@
 """Layer-wise KD in training: a frozen non-streaming Conformer teacher on the fly,
 auxiliary branches on a streaming student, unlabeled cuts, on real tiny manifests."""
 
-import socket
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import train as train_cli
 from mvq_kd.codebooks import TeacherSpec
@@ -14,7 +11,7 @@ from mvq_kd.kd.layerwise import LayerwiseKdConfig
 from mvq_kd.model.transducer import Transducer
 from mvq_kd.trainer import Trainer, compute_loss, layerwise_teacher_targets
 from tests.test_decode import run_decode
-from tests.test_train import _ddp_worker, tiny_config
+from tests.test_train import run_ddp, tiny_config
 
 CPU = torch.device("cpu")
 ALL_LOSSES = LayerwiseKdConfig(
@@ -129,14 +126,8 @@ def test_trained_student_decodes_without_branches(tiny_data, teacher_exp, tmp_pa
 
 
 def test_ddp_with_layerwise_kd_stays_identical(tiny_data, teacher_exp, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     cfg = lw_config(tiny_data, teacher_exp, tmp_path / "exp", data={"max_duration": 5.0})
-    mp.spawn(_ddp_worker, args=(2, port, cfg, tmp_path), nprocs=2, join=True)
-    r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
-    r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
-    assert r0["step"] == r1["step"] >= 2
+    r0, r1 = run_ddp(cfg, tmp_path)
     assert any(k.startswith("layerwise_kd.") for k in r0["params"])
     for k, v in r0["params"].items():
         torch.testing.assert_close(v, r1["params"][k], rtol=0, atol=0, msg=k)

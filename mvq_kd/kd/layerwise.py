@@ -297,7 +297,9 @@ class LayerwiseKd(nn.Module):
     def needs_qkv(self) -> bool:
         return self.scales["attention_loss"] > 0
 
-    def forward(self, layers: List[Tensor], lens: Tensor, teacher: TeacherLayers) -> Dict[str, Tensor]:
+    def forward(
+        self, layers: List[Tensor], lens: Tensor, teacher: TeacherLayers
+    ) -> Dict[str, Tensor]:
         """Unscaled losses, each summed over valid frames and connections.
 
         Args:
@@ -345,4 +347,3 @@ class LayerwiseKd(nn.Module):
     def weighted_sum(self, losses: Dict[str, Tensor]) -> Tensor:
         """``sum(scale * loss)`` over the losses of :meth:`forward`."""
         return sum(self.scales[k] * v for k, v in losses.items())
-
