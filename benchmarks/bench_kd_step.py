@@ -1,4 +1,4 @@
-"""Benchmark: training step time of frame-level KD variants, and their storage.
+"""Benchmark: training step time of the KD variants, and the storage of frame-level KD.
 
 On the same training batches (noise-mixed as in training, loaded once), times the
 trainer's full update (:meth:`mvq_kd.trainer.Trainer.train_step`: targets, forward,
@@ -8,6 +8,8 @@ backward, clipping, optimizer step) of
 * ``MVQ-KD``: + codebook-index prediction from the stored indexes,
 * ``L2 stored``: + L2 regression of the stored fp16 teacher embeddings,
 * ``L2 teacher``: + L2 regression of embeddings of the teacher run on every batch,
+* ``layer-wise``: + layer-wise KD (two auxiliary branches, feature + attention + APC
+  losses) from the teacher run on every batch,
 
 and, separately, the time to load and collate a batch with each variant's fields
 (dataset ``__getitem__``). Variants run interleaved, batch after batch, so that machine
@@ -17,7 +19,7 @@ does).
 
     python benchmarks/bench_kd_step.py --mvq-dir data/synth/mvq \\
         --teacher-model egs/synth/exp/teacher --teacher-epoch 10 --teacher-avg 3 \\
-        --teacher-layer 4
+        --teacher-layer 4 [--variants baseline layer-wise]
 """
 
 from __future__ import annotations
@@ -39,15 +41,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mvq_kd.codebooks import EMBEDDING_FIELD, INDEX_FIELD, TeacherSpec  # noqa: E402
 from mvq_kd.dataset import DataConfig, load_cuts, make_sampler, train_dataset  # noqa: E402
 from mvq_kd.kd.frame import FrameKdConfig  # noqa: E402
+from mvq_kd.kd.layerwise import LayerwiseKdConfig  # noqa: E402
 from mvq_kd.model.encoder import EncoderConfig  # noqa: E402
 from mvq_kd.model.transducer import TransducerConfig  # noqa: E402
 from mvq_kd.trainer import OptimConfig, TrainConfig, Trainer  # noqa: E402
 
+NO_LAYERWISE = LayerwiseKdConfig()
 VARIANTS = {
-    "baseline": FrameKdConfig(),
-    "MVQ-KD": FrameKdConfig(codebook_loss_scale=0.1),
-    "L2 stored": FrameKdConfig(embedding_loss="l2"),
-    "L2 teacher": FrameKdConfig(embedding_loss="l2", embedding_source="teacher"),
+    "baseline": (FrameKdConfig(), NO_LAYERWISE),
+    "MVQ-KD": (FrameKdConfig(codebook_loss_scale=0.1), NO_LAYERWISE),
+    "L2 stored": (FrameKdConfig(embedding_loss="l2"), NO_LAYERWISE),
+    "L2 teacher": (FrameKdConfig(embedding_loss="l2", embedding_source="teacher"), NO_LAYERWISE),
+    "layer-wise": (
+        FrameKdConfig(),
+        LayerwiseKdConfig(
+            num_connections=2, feature_loss_scale=1, attention_loss_scale=0.1, apc_loss_scale=1
+        ),
+    ),
 }
 
 
@@ -84,6 +94,14 @@ def main() -> None:
     p.add_argument("--max-duration", type=float, default=20.0, help="seconds per batch")
     p.add_argument("--streaming", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=list(VARIANTS),
+        metavar="NAME",
+        help=f"variants to time (default: all of {list(VARIANTS)}; baseline is always timed)",
+    )
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     if args.threads:
@@ -109,7 +127,8 @@ def main() -> None:
     )
     tmp = Path(tempfile.mkdtemp(prefix="bench_kd_"))
     trainers = {}
-    for name, kd in VARIANTS.items():
+    for name in ["baseline"] + [v for v in args.variants if v != "baseline"]:
+        kd, layerwise = VARIANTS[name]
         cfg = TrainConfig(
             exp_dir=tmp / name.replace(" ", "-"),
             bpe_model=args.bpe_model,
@@ -117,7 +136,8 @@ def main() -> None:
             data=data,
             optim=OptimConfig(warmup_batches=200),
             frame_kd=kd,
-            teacher=teacher if kd.runs_teacher else None,
+            layerwise_kd=layerwise,
+            teacher=teacher if kd.runs_teacher or layerwise.enabled else None,
             device="cpu",
         )
         trainers[name] = Trainer(cfg)
