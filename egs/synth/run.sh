@@ -5,7 +5,7 @@
 #   test-clean and test-other, and the rows of egs/synth/RESULTS.md.
 #
 #   egs/synth/run.sh                       # everything above
-#   egs/synth/run.sh --kd-baselines true   # + the MVQ-KD paper's comparison (~80 min more)
+#   egs/synth/run.sh --kd-baselines true   # + the MVQ-KD paper's comparison (~100 min more)
 #   egs/synth/run.sh --stage 5             # from the MVQ stages on
 #
 # Stages:
