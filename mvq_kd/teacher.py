@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from mvq_kd.kd.layerwise import TeacherLayers
-from mvq_kd.model.encoder import ENCODER_FRAME_SHIFT
+from mvq_kd.model.encoder import ENCODER_FRAME_SHIFT, valid_mask
 
 SAMPLE_RATE = 16000
 
@@ -68,8 +68,7 @@ class Teacher(nn.Module):
 
 
 def _zero_padding(h: Tensor, lens: Tensor) -> Tensor:
-    mask = torch.arange(h.size(1), device=h.device)[None, :] < lens[:, None]
-    return h * mask[..., None].to(h.dtype)
+    return h * valid_mask(lens, h.size(1))[..., None].to(h.dtype)
 
 
 class HfSslTeacher(Teacher):
@@ -159,7 +158,7 @@ class HfSslTeacher(Teacher):
         hidden = model.feature_projection(feats)
         if isinstance(hidden, tuple):  # wav2vec 2.0 / WavLM return (hidden, normed feats)
             hidden = hidden[0]
-        mask = torch.arange(hidden.size(1), device=x.device)[None, :] < lens[:, None]
+        mask = valid_mask(lens, hidden.size(1))
         emb = model.encoder(hidden, attention_mask=mask).last_hidden_state
         return TeacherOutput(_zero_padding(emb, lens), lens, self.frame_shift)
 

@@ -266,13 +266,11 @@ class TrainingModel(nn.Module):
 
     def kd_weighted_sum(self, kd: Dict[str, Tensor]) -> Tensor:
         """The distillation losses of :meth:`forward`, each times its scale, summed."""
-        total = torch.zeros((), device=next(iter(kd.values())).device)
+        scales = {}
         for module in (self.frame_kd, self.layerwise_kd):
             if module is not None:
-                mine = {k: v for k, v in kd.items() if k in module.scales}
-                if mine:
-                    total = total + module.weighted_sum(mine)
-        return total
+                scales.update(module.scales)
+        return sum(scales[k] * v for k, v in kd.items())
 
 
 # The training-only modules of a TrainingModel: attribute, checkpoint key, what they do.

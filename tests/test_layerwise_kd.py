@@ -12,8 +12,8 @@ from mvq_kd.kd.layerwise import (
     cosine_loss,
     default_layer_map,
     relation_kl,
-    valid_mask,
 )
+from mvq_kd.model.encoder import valid_mask
 
 
 def test_default_layer_map():
@@ -103,7 +103,7 @@ def test_layerwise_losses_every_parameter_gets_gradient():
     layers = [torch.randn(2, 9, 6, requires_grad=True) for _ in range(2)]
     losses = kd(layers, lens, _teacher_like(layers, lens))
     assert set(losses) == {"feature_loss", "attention_loss", "apc_loss"}
-    kd.weighted_sum(losses).backward()
+    sum(kd.scales[k] * v for k, v in losses.items()).backward()
     for name, p in kd.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     # Without APC the branches have no LSTM (no parameter left without gradient).

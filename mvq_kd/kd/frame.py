@@ -150,6 +150,7 @@ class FrameKd(nn.Module):
         self.layer = cfg.layer or max(1, num_layers // 2)
         if not 1 <= self.layer <= num_layers:
             raise ValueError(f"KD layer must be in 1..{num_layers} (1-based), got {cfg.layer}")
+        # Loss name -> weight (the training step sums ``scale * loss``).
         self.scales = {
             "codebook_loss": cfg.codebook_loss_scale,
             "embedding_loss": cfg.embedding_loss_scale,
@@ -200,7 +201,3 @@ class FrameKd(nn.Module):
             lens = aligned_lengths(emb_lens, student_lens, r)
             losses["embedding_loss"] = self.embedding(h[:, : t.size(1)], t, lens)
         return losses
-
-    def weighted_sum(self, losses: Dict[str, Tensor]) -> Tensor:
-        """``sum(scale * loss)`` over the losses of :meth:`forward`."""
-        return sum(self.scales[k] * v for k, v in losses.items())

@@ -24,7 +24,7 @@ and its attention ``q, k, v``), padding frames excluded, each summed over valid 
   only, so ``z_t`` cannot read the frame whose teacher feature it predicts.
 
 The branches never touch the student's own computation: the streaming encoder stays as
-it is, and checkpoints keep the branches apart from the student (``kd_modules``).
+it is, and checkpoints keep the branches apart from the student (``layerwise_modules``).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mvq_kd.model.encoder import FeedForward, RotarySelfAttention
+from mvq_kd.model.encoder import FeedForward, RotarySelfAttention, attention_mask, valid_mask
 
 # -log sigmoid(1): the feature / APC loss per frame of identical directions.
 MIN_COSINE_LOSS = -math.log(1.0 / (1.0 + math.exp(-1.0)))
@@ -130,11 +130,6 @@ def lookahead_mask(num_frames: int, lookahead: Optional[int], device: torch.devi
     return idx[None, :] < idx[:, None] + lookahead
 
 
-def valid_mask(lens: Tensor, num_frames: int) -> Tensor:
-    """(B, T) bool, True at frames below ``lens`` (B,)."""
-    return torch.arange(num_frames, device=lens.device)[None, :] < lens[:, None]
-
-
 @dataclass
 class BranchOutput:
     """Output of :class:`AuxiliaryBranch`.
@@ -182,11 +177,9 @@ class AuxiliaryBranch(nn.Module):
         """h: (B, T, C) student layer output, lens: (B,) valid frames; ``lookahead``:
         frame ``t`` attends frames ``< t + lookahead`` (None: all valid frames)."""
         t = h.size(1)
-        keys = valid_mask(lens, t)[:, None, :]  # (B, 1, T)
-        eye = torch.eye(t, dtype=torch.bool, device=h.device)
-        mask = (lookahead_mask(t, lookahead, h.device)[None] & keys) | eye
+        mask = attention_mask(lookahead_mask(t, lookahead, h.device), lens)
         x = self.proj(h)
-        a, qkv = self.attn(self.norm_attn(x), mask.unsqueeze(1))
+        a, qkv = self.attn(self.norm_attn(x), mask)
         x = x + a
         x = x + self.ff(x)
         # Unidirectional: frames after an utterance's end cannot reach its valid frames.
@@ -275,6 +268,7 @@ class LayerwiseKd(nn.Module):
         self.pairs = cfg.layer_map(student_depth, teacher_depth)
         self.teacher_heads = teacher_heads
         self.apc_shift = cfg.apc_shift
+        # Loss name -> weight (the training step sums ``scale * loss``).
         self.scales = {
             "feature_loss": cfg.feature_loss_scale,
             "attention_loss": cfg.attention_loss_scale,
@@ -343,7 +337,3 @@ class LayerwiseKd(nn.Module):
                 k = self.apc_shift
                 add("apc_loss", cosine_loss(y[:, k:], out.future[:, : t - k], valid[:, k:]))
         return losses
-
-    def weighted_sum(self, losses: Dict[str, Tensor]) -> Tensor:
-        """``sum(scale * loss)`` over the losses of :meth:`forward`."""
-        return sum(self.scales[k] * v for k, v in losses.items())

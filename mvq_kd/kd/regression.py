@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from mvq_kd.model.encoder import valid_mask
+
 LOSS_KINDS = ("l1", "l2")
 
 
@@ -50,5 +52,5 @@ class EmbeddingRegressionLoss(nn.Module):
         target = nn.functional.layer_norm(targets.float(), targets.shape[-1:])
         diff = pred - target
         per_frame = (diff.abs() if self.kind == "l1" else diff.pow(2)).mean(-1)  # (B, T)
-        valid = torch.arange(h.size(1), device=h.device)[None, :] < lens[:, None]
+        valid = valid_mask(lens, h.size(1))
         return torch.where(valid, per_frame, torch.zeros_like(per_frame)).sum()

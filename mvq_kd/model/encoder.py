@@ -138,6 +138,11 @@ class EncoderState:
     chunk_lens: Tensor
 
 
+def valid_mask(lens: Tensor, num_frames: int) -> Tensor:
+    """(B, T) bool, True at the frames below ``lens`` (B,), False at padding."""
+    return torch.arange(num_frames, device=lens.device)[None, :] < lens[:, None]
+
+
 def chunk_attention_mask(
     num_frames: int, chunk_size: int, left_context: int, device: torch.device
 ) -> Tensor:
@@ -155,6 +160,16 @@ def chunk_attention_mask(
     if left_context >= 0:
         mask &= idx[None, :] >= (chunk * chunk_size - left_context)[:, None]
     return mask
+
+
+def attention_mask(pattern: Tensor, lens: Tensor) -> Tensor:
+    """Bool (B, 1, T, T) self-attention mask, True = may attend: the (T, T) ``pattern``
+    restricted to each utterance's valid keys (``lens`` (B,)). Every frame may attend
+    itself, so no row is empty (rows of padding queries could be otherwise)."""
+    t = pattern.size(0)
+    mask = pattern[None] & valid_mask(lens, t)[:, None, :]
+    mask = mask | torch.eye(t, dtype=torch.bool, device=pattern.device)
+    return mask.unsqueeze(1)
 
 
 class Conv2dSubsampling(nn.Module):
@@ -443,15 +458,8 @@ class ConformerEncoder(nn.Module):
         h = self.subsampling(x)
         t = h.size(1)
         out_lens = self.output_lengths(x_lens)
-        pad_mask = torch.arange(t, device=x.device)[None, :] >= out_lens[:, None]  # (B, T')
-        # Padding keys are masked; every frame may attend itself, so no row of the
-        # mask is empty (rows of padding queries could be otherwise).
-        mask = (
-            chunk_attention_mask(t, chunk_size, left_context, x.device)[None]
-            & ~pad_mask[:, None, :]
-        )
-        mask = mask | torch.eye(t, dtype=torch.bool, device=x.device)
-        mask = mask.unsqueeze(1)  # (B, 1, T', T')
+        pad_mask = ~valid_mask(out_lens, t)  # (B, T')
+        mask = attention_mask(chunk_attention_mask(t, chunk_size, left_context, x.device), out_lens)
         layers: List[Tensor] = []
         qkvs: List[Tuple[Tensor, Tensor, Tensor]] = []
         for layer in self.layers:
@@ -535,7 +543,7 @@ class ConformerEncoder(nn.Module):
         mask = mask[:, None, :].expand(b, n, cached + n).clone()
         mask[:, :, cached:] |= torch.eye(n, dtype=torch.bool, device=h.device)
         mask = mask.unsqueeze(1)  # (B, 1, n, S)
-        pad_mask = torch.arange(n, device=h.device)[None, :] >= chunk_lens[:, None]
+        pad_mask = ~valid_mask(chunk_lens, n)
 
         attn_cache: List[Tuple[Tensor, Tensor]] = []
         conv_cache: List[Tensor] = []
@@ -611,6 +619,8 @@ __all__ = [
     "EncoderOutput",
     "EncoderState",
     "ConformerEncoder",
+    "attention_mask",
     "chunk_attention_mask",
+    "valid_mask",
     "streaming_input_slices",
 ]
