@@ -33,6 +33,8 @@ speed_perturb=false     # add 0.9x and 1.1x copies of the training parts
 musan=false             # prepare MUSAN for noise mixing (librispeech recipes)
 skip_bad_audio=false    # skip (and count) unreadable audio instead of stopping
 full_libri=false        # librispeech: add train-clean-360 and train-other-500
+unlabeled_libri=        # librispeech: parts prepared without transcripts, for KD on unlabeled
+                        # audio (e.g. "train-clean-360 train-other-500" with --full-libri false)
 # synth corpus size and seed
 synth_train_hours=2     # hours of labeled training audio
 synth_unlabeled_hours=2 # hours of unlabeled training audio
@@ -50,7 +52,7 @@ store_embeddings=false  # also store fp16 teacher embeddings (L1/L2 KD baselines
 mvq_dir=                # default: <data-dir>/mvq
 
 options="corpus stage stop_stage dl_dir data_dir nj vocab_size speed_perturb musan skip_bad_audio
- full_libri synth_train_hours synth_unlabeled_hours synth_seed synth_noise_files teacher_kind teacher_model
+ full_libri unlabeled_libri synth_train_hours synth_unlabeled_hours synth_seed synth_noise_files teacher_kind teacher_model
  teacher_layer teacher_epoch teacher_avg num_codebooks mvq_num_cuts store_embeddings mvq_dir"
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -77,7 +79,13 @@ case "$corpus" in
     train_parts="train-clean-100"
     [ "$full_libri" = true ] && train_parts="train-clean-100 train-clean-360 train-other-500"
     eval_parts="dev-clean dev-other test-clean test-other"
-    unlabeled_parts="" ;;
+    unlabeled_parts="$unlabeled_libri"
+    for part in $unlabeled_parts; do
+      case " $train_parts " in *" $part "*)
+        echo "$0: --unlabeled-libri $part is also a labeled training part (drop it there or use --full-libri false)" >&2
+        exit 1 ;;
+      esac
+    done ;;
   *) echo "$0: --corpus must be synth or librispeech, not '$corpus'" >&2; exit 1 ;;
 esac
 all_parts="$train_parts $eval_parts $unlabeled_parts"

@@ -97,6 +97,28 @@ def test_librispeech_path_end_to_end(libri_tree, tmp_path, monkeypatch):
     assert "bpe.model exists, skipping" in again.stderr
 
 
+def test_librispeech_unlabeled_parts_lose_their_transcripts(libri_tree, tmp_path, monkeypatch):
+    """--unlabeled-libri prepares extra parts without text (layer-wise KD on unlabeled audio)."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(libri_tree / "dev-clean", libri_tree / "train-clean-360")
+    dl = libri_tree.parent
+    unlabeled = ("--unlabeled-libri", "train-clean-360")
+    run_prepare("--corpus", "librispeech", "--dl-dir", str(dl), *unlabeled, "--stop-stage", "2",
+                cwd=tmp_path)  # fmt: skip
+    fbank = tmp_path / "data" / "librispeech" / "fbank"
+    cuts = load_manifest(fbank / "librispeech_cuts_train-clean-360.jsonl.gz")
+    assert len(cuts) == len(list((libri_tree / "train-clean-360").rglob("*.flac")))
+    assert all(c.supervisions[0].text is None for c in cuts)
+    labeled = load_manifest(fbank / "librispeech_cuts_train-clean-100.jsonl.gz")
+    assert all(c.supervisions[0].text for c in labeled)
+
+    # A part cannot be labeled and unlabeled at once.
+    proc = run_prepare("--corpus", "librispeech", "--dl-dir", str(dl), "--full-libri", "true",
+                       *unlabeled, cwd=tmp_path, check=False)  # fmt: skip
+    assert proc.returncode != 0
+    assert "--unlabeled-libri train-clean-360 is also a labeled training part" in proc.stderr
+
+
 def test_synth_path_with_unlabeled_split(corpus_copy, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     dl = corpus_copy.parent  # stage 0 finds every split done and skips synthesis

@@ -22,6 +22,12 @@
 #      student (12 x 512, KD on layer 6, icefall's pruned_transducer_stateless6 size), its
 #      baseline, and the streaming 16 x 256 student (KD on layer 8; its baseline is stage 2)
 #   6  decode the students of stage 5 (greedy_search and modified_beam_search)
+# Layer-wise KD (the layer-wise KD paper's configuration):
+#   7  train the streaming 16 x 256 student with auxiliary non-streaming branches on
+#      layers 4, 8, 12, 16 distilling the stage-1 teacher's layers 4, 8, 12, 16 (run on the
+#      fly): feature, attention-relation and APC losses; with --unlabeled-libri also a
+#      second student that mixes those unlabeled parts 1:1 into each epoch (KD losses only)
+#   8  decode the students of stage 7
 #
 # Results: egs/librispeech/exp/<model>/<method>/{recogs,errs,wer-summary}-<part>-<settings>.txt
 set -euo pipefail
@@ -45,9 +51,20 @@ hubert_layer=36         # 1-based HuBERT layer quantized
 num_codebooks=8         # bytes per 20 ms teacher frame
 mvq_num_cuts=1000       # training cuts whose embeddings train the quantizer
 codebook_loss_scale=0.1 # weight of the codebook loss (icefall's code)
+# Layer-wise KD (stages 7-8); the scales are those tuned on egs/synth (per frame, like the
+# transducer loss; the paper's 0.01 / 0.0005 / 0.005 assume its own normalisation)
+layerwise_connections=4 # evenly spaced student -> teacher layer pairs (16 layers: 4, 8, 12, 16)
+feature_loss_scale=1
+attention_loss_scale=0.1
+apc_loss_scale=1
+apc_shift=2             # APC predicts the teacher layer output this many 40 ms frames ahead
+unlabeled_libri=        # parts prepared without transcripts (stage 0) for the second student,
+                        # e.g. "train-clean-360 train-other-500" with --full-libri false
 
 options="stage stop_stage num_gpus dl_dir full_libri nj num_epochs avg max_duration use_fp16
- beam_size torchrun_opts dry_run hubert hubert_layer num_codebooks mvq_num_cuts codebook_loss_scale"
+ beam_size torchrun_opts dry_run hubert hubert_layer num_codebooks mvq_num_cuts codebook_loss_scale
+ layerwise_connections feature_loss_scale attention_loss_scale apc_loss_scale apc_shift
+ unlabeled_libri"
 
 . "$(dirname "${BASH_SOURCE[0]}")/../../local/parse_options.sh" "$@"
 
@@ -92,7 +109,7 @@ log "stages $stage..$stop_stage: $num_gpus GPUs, full_libri=$full_libri, $num_ep
 if [ "$stage" -le 0 ] && [ "$stop_stage" -ge 0 ]; then
   log "Stage 0: data preparation -> $data"
   run ./prepare.sh --corpus librispeech --dl-dir "$dl_dir" --full-libri "$full_libri" \
-    --speed-perturb true --musan true --nj "$nj"
+    --unlabeled-libri "$unlabeled_libri" --speed-perturb true --musan true --nj "$nj"
 fi
 
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
@@ -172,9 +189,11 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
     "${streaming_student[@]}" "${mvq_opts[@]}" --kd-layer 8
 fi
 
-if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
-  log "Stage 6: decode the MVQ-KD students"
-  for name in $kd_students; do
+# Decode experiments of $exp (greedy_search and modified_beam_search; the causal ones with
+# simulated streaming).
+decode_students() {
+  local name streaming_opts method
+  for name in "$@"; do
     streaming_opts=()
     case $name in *causal*) streaming_opts=(--streaming simulated --chunk-size 4 --left-context 16) ;; esac
     for method in greedy_search modified_beam_search; do
@@ -184,6 +203,36 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
         --decoding-method "$method" "${streaming_opts[@]}"
     done
   done
+}
+
+if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
+  log "Stage 6: decode the MVQ-KD students"
+  decode_students $kd_students
+fi
+
+layerwise_opts=(--teacher-model "$teacher_dir" --teacher-epoch "$num_epochs" --teacher-avg "$avg"
+  --layerwise-connections "$layerwise_connections" --feature-loss-scale "$feature_loss_scale"
+  --attention-loss-scale "$attention_loss_scale" --apc-loss-scale "$apc_loss_scale"
+  --apc-shift "$apc_shift" --time-warp-factor 0)
+layerwise_students="student-16x256-causal-layerwise"
+[ -n "$unlabeled_libri" ] && layerwise_students="$layerwise_students student-16x256-causal-layerwise-unlabeled"
+
+if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
+  log "Stage 7: layer-wise KD students (teacher $teacher_dir on the fly)"
+  run torchrun $torchrun_opts --nproc-per-node "$num_gpus" train.py \
+    --exp-dir "$exp/student-16x256-causal-layerwise" "${common_train_opts[@]}" \
+    "${streaming_student[@]}" "${layerwise_opts[@]}"
+  if [ -n "$unlabeled_libri" ]; then
+    run torchrun $torchrun_opts --nproc-per-node "$num_gpus" train.py \
+      --exp-dir "$exp/student-16x256-causal-layerwise-unlabeled" "${common_train_opts[@]}" \
+      "${streaming_student[@]}" "${layerwise_opts[@]}" \
+      --unlabeled-parts $unlabeled_libri --unlabeled-ratio 1
+  fi
+fi
+
+if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
+  log "Stage 8: decode the layer-wise KD students"
+  decode_students $layerwise_students
 fi
 
 log "Done: stages $stage..$stop_stage"

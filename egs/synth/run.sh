@@ -6,6 +6,7 @@
 #
 #   egs/synth/run.sh                       # everything above
 #   egs/synth/run.sh --kd-baselines true   # + the MVQ-KD paper's comparison (~100 min more)
+#   egs/synth/run.sh --layerwise true      # + the layer-wise KD students (~2.5 h more)
 #   egs/synth/run.sh --stage 5             # from the MVQ stages on
 #
 # Stages:
@@ -19,7 +20,10 @@
 #   6  train the MVQ-KD streaming student (same size and epochs as the baseline);
 #      with --kd-baselines true also: streaming students with L2 regression of the
 #      stored embeddings and of the teacher run on the fly, and the non-streaming
-#      student baseline, MVQ-KD, stored-L2 and on-the-fly-L2
+#      student baseline, MVQ-KD, stored-L2 and on-the-fly-L2;
+#      with --layerwise true also: streaming students with layer-wise KD from the
+#      teacher on the fly (connections 2-2 and 4-4): the ablations feature loss only,
+#      + attention relation, + APC, and all three with the train-unlabeled split
 #   7  decode the students of stage 6 and write their rows of egs/synth/RESULTS.md
 set -euo pipefail
 
@@ -34,10 +38,11 @@ kd_layer=0              # student layer (1-based) predicting the teacher targets
 codebook_loss_scale=0.1 # MVQ-KD loss weight (icefall's)
 embedding_loss_scale=1  # L2 baselines' loss weight
 kd_baselines=false      # also train the stored / on-the-fly L2 and non-streaming students
+layerwise=false         # also train the layer-wise KD students
 students=               # stages 6-7: only these experiments (e.g. "student-l2-stored")
 
 options="stage stop_stage teacher_epochs student_epochs avg nj exp kd_layer codebook_loss_scale
- embedding_loss_scale kd_baselines students"
+ embedding_loss_scale kd_baselines layerwise students"
 . "$(dirname "${BASH_SOURCE[0]}")/../../local/parse_options.sh" "$@"
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."   # the repository root
@@ -64,6 +69,13 @@ l2_stored="--train-manifest-dir $mvq --kd-layer $kd_layer --embedding-loss l2
 l2_teacher="--kd-layer $kd_layer --embedding-loss l2 --embedding-loss-scale $embedding_loss_scale
   --embedding-source teacher --teacher-model $exp/teacher --teacher-epoch $teacher_epochs
   --teacher-avg $avg --teacher-layer $teacher_layer"
+# Layer-wise KD: the teacher on the fly, auxiliary branches on student layers 2 and 4
+layerwise_kd="--teacher-model $exp/teacher --teacher-epoch $teacher_epochs --teacher-avg $avg
+  --layerwise-connections 2"
+feature="--feature-loss-scale 1"
+attention="--attention-loss-scale 0.1"
+apc="--apc-loss-scale 1 --apc-shift 2"
+unlabeled="--unlabeled-parts train-unlabeled --unlabeled-ratio 1"
 
 train_cmd() {  # exp-name epochs options...: the single-line train.py command
   local name=$1 epochs=$2; shift 2
@@ -92,6 +104,7 @@ row() {  # exp-name epochs role method streaming(true|false) options...
 
 # The students of stages 6-7: exp-name|method|streaming|options (options on one line)
 mvq_kd=$(echo $mvq_kd); l2_stored=$(echo $l2_stored); l2_teacher=$(echo $l2_teacher)
+lw="$small $streaming $(echo $layerwise_kd)"
 kd_students=("student-mvq-kd|MVQ-KD|true|$small $streaming $mvq_kd")
 if [ "$kd_baselines" = true ]; then
   kd_students+=(
@@ -101,6 +114,14 @@ if [ "$kd_baselines" = true ]; then
     "student-nonstreaming-mvq-kd|MVQ-KD|false|$small $mvq_kd"
     "student-nonstreaming-l2-stored|L2 (stored embeddings)|false|$small $l2_stored"
     "student-nonstreaming-l2-teacher|L2 (teacher on the fly)|false|$small $l2_teacher"
+  )
+fi
+if [ "$layerwise" = true ]; then
+  kd_students+=(
+    "student-layerwise-f1|layer-wise (feature 1)|true|$lw $feature"
+    "student-layerwise-f1-a0.1|layer-wise (feature 1, attention 0.1)|true|$lw $feature $attention"
+    "student-layerwise-f1-a0.1-apc1|layer-wise (feature 1, attention 0.1, APC 1)|true|$lw $feature $attention $apc"
+    "student-layerwise-f1-a0.1-apc1-unlabeled|layer-wise + unlabeled (feature 1, attention 0.1, APC 1)|true|$lw $feature $attention $apc $unlabeled"
   )
 fi
 
