@@ -11,16 +11,12 @@ Three steps, each a program in ``local/`` and a stage of ``prepare.sh``:
    files; optionally the fp16 embeddings too (``teacher_embeddings``). Each cut also
    carries ``codebook_quantizer_id``, checked when training starts.
 
-Step 3 is sharded: the manifest is split into ``num_shards`` contiguous shards; a
-process (a ``torchrun`` rank, or ``--shard-index``) computes its shards, each written
-to its own HDF5 file and manifest; the manifest is written last and atomically, so a
-killed run resumes by skipping finished shards and recomputing unfinished ones.
-When every shard is done the shard manifests are merged, in the input order.
+Step 3 is sharded and resumable (:func:`mvq_kd.shards.map_shards`): each shard writes
+its own HDF5 file, then its manifest.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 from dataclasses import dataclass
@@ -29,12 +25,13 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from lhotse import CutSet, load_manifest_lazy
+from lhotse import CutSet
 from lhotse.features.io import NumpyHdf5Writer
 from tqdm import tqdm
 
 from mvq_kd.dataset import collate_teacher_inputs
 from mvq_kd.quantization import Quantizer
+from mvq_kd.shards import Shard, map_shards
 from mvq_kd.teacher import ConformerTeacher, HfSslTeacher, Teacher
 from mvq_kd.utils import atomic_path
 
@@ -145,11 +142,6 @@ def sample_embeddings(
     return out_path
 
 
-def shard_paths(out_dir: Path, name: str, shard: int) -> Tuple[Path, Path]:
-    """(HDF5 file, manifest) of one shard."""
-    return out_dir / f"{name}.{shard}.h5", out_dir / f"{name}.{shard}.jsonl.gz"
-
-
 def compute_codebook_indexes(
     spec: TeacherSpec,
     quantizer_path: Path,
@@ -168,7 +160,7 @@ def compute_codebook_indexes(
         quantizer_path: a saved :class:`Quantizer` (its id goes into the cuts).
         cuts_path: input manifest (fbank cuts; audio teachers read the recordings).
         out_manifest: merged output manifest; shard files go next to it in
-            ``<stem>-shards/``.
+            ``<stem>-shards/`` (see :func:`mvq_kd.shards.map_shards`).
         num_shards: contiguous shards the manifest is split into.
         shards: the shards this process computes (default: all).
         store_embeddings: also store the fp16 embeddings (``teacher_embeddings``).
@@ -177,76 +169,43 @@ def compute_codebook_indexes(
     Returns:
         True when every shard is done and ``out_manifest`` is written.
     """
-    if out_manifest.is_file():
-        logging.info(f"{out_manifest} exists, skipping")
-        return True
     quantizer = Quantizer.load(quantizer_path).to(device)
-    name = out_manifest.name.replace(".jsonl.gz", "")
-    shard_dir = out_manifest.parent / f"{name}-shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    cuts = load_manifest_lazy(cuts_path) if str(cuts_path).endswith(".jsonl.gz") else None
-    if cuts is None:
-        raise ValueError(f"{cuts_path}: expected a .jsonl.gz cut manifest")
-    ids = [c.id for c in cuts]
-    bounds = np.linspace(0, len(ids), num_shards + 1).round().astype(int)
-    todo = range(num_shards) if shards is None else shards
-    teacher = None
-    for shard in todo:
-        h5_path, manifest_path = shard_paths(shard_dir, name, shard)
-        if manifest_path.is_file():
-            logging.info(f"Shard {shard + 1}/{num_shards} done already ({manifest_path})")
-            continue
-        if teacher is None:
-            teacher = spec.build(device)
-            if teacher.dim != quantizer.dim:
+    teacher: List[Teacher] = []  # built on the first unfinished shard
+
+    def compute(cuts: CutSet, shard: Shard) -> None:
+        if not teacher:
+            teacher.append(spec.build(device))
+            if teacher[0].dim != quantizer.dim:
                 raise ValueError(
-                    f"Teacher layer {spec.layer} of {spec.model} has dim {teacher.dim}, the "
+                    f"Teacher layer {spec.layer} of {spec.model} has dim {teacher[0].dim}, the "
                     f"quantizer {quantizer_path} expects {quantizer.dim}"
                 )
-        lo, hi = int(bounds[shard]), int(bounds[shard + 1])
-        shard_cuts = CutSet.from_cuts(itertools.islice(cuts, lo, hi)).to_eager()
-        _compute_shard(
-            teacher,
-            quantizer,
-            shard_cuts,
-            h5_path,
-            manifest_path,
-            store_embeddings,
-            max_duration,
-            device,
-            f"shard {shard + 1}/{num_shards}",
-        )
-    missing = [s for s in range(num_shards) if not shard_paths(shard_dir, name, s)[1].is_file()]
-    if missing:
-        logging.info(f"{len(missing)} shard(s) of {num_shards} still missing; not merging yet")
-        return False
-    with atomic_path(out_manifest) as tmp:
-        merged = CutSet.from_cuts(
-            c
-            for s in range(num_shards)
-            for c in load_manifest_lazy(shard_paths(shard_dir, name, s)[1])
-        )
-        merged.to_file(tmp)
-    logging.info(f"Wrote {out_manifest} ({len(ids)} cuts, quantizer {quantizer.id})")
-    return True
+        _compute_shard(teacher[0], quantizer, cuts, shard, store_embeddings, max_duration, device)
+
+    done = map_shards(cuts_path, out_manifest, compute, num_shards, shards)
+    if done:
+        logging.info(f"{out_manifest}: codebook indexes of quantizer {quantizer.id}")
+    return done
 
 
 def _compute_shard(
     teacher: Teacher,
     quantizer: Quantizer,
     cuts: CutSet,
-    h5_path: Path,
-    manifest_path: Path,
+    shard: Shard,
     store_embeddings: bool,
     max_duration: float,
     device: torch.device,
-    desc: str,
 ) -> None:
     qid = quantizer.id
     out_cuts = []
-    tmp_h5 = h5_path.with_suffix(".partial.h5")
+    h5_path = shard.stem.with_name(shard.stem.name + ".h5")
+    tmp_h5 = shard.stem.with_name(shard.stem.name + ".partial.h5")
     tmp_h5.unlink(missing_ok=True)
-    with NumpyHdf5Writer(tmp_h5) as writer, tqdm(total=len(cuts), desc=desc, unit="cut") as bar:
+    with (
+        NumpyHdf5Writer(tmp_h5) as writer,
+        tqdm(total=len(cuts), desc=shard.desc, unit="cut") as bar,
+    ):
         for batch, x, x_lens in teacher_batches(teacher, cuts, max_duration):
             out = teacher.embed(x.to(device), x_lens.to(device))
             arrays = {INDEX_FIELD: quantizer.encode(out.embeddings).cpu().numpy()}
@@ -273,7 +232,7 @@ def _compute_shard(
             if arr is not None:
                 arr.array.storage_path = str(h5_path)
     os.replace(tmp_h5, h5_path)
-    with atomic_path(manifest_path) as tmp:
+    with atomic_path(shard.manifest) as tmp:
         CutSet.from_cuts(out_cuts).to_file(tmp)
 
 

@@ -1,0 +1,107 @@
+"""Sharded, resumable per-cut computations that write new cut manifests.
+
+A manifest is split into ``num_shards`` contiguous shards. A process (a ``torchrun``
+rank, or a machine given ``--shard-indexes``) computes its shards; each shard writes its
+own manifest last and atomically (plus whatever data files it needs, before), so the
+manifest marks the shard as finished: a killed run resumes by skipping finished shards
+and recomputing unfinished ones. When every shard is done, the shard manifests are
+merged, in the input order, into the output manifest (atomically too).
+
+Used by the codebook indexes of MVQ-KD (:mod:`mvq_kd.codebooks`) and the teacher
+N-best lists of sequence-level KD (:mod:`mvq_kd.nbest`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from lhotse import CutSet, load_manifest_lazy
+
+from mvq_kd.utils import atomic_path
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One shard of a manifest.
+
+    Attributes:
+        index: 0-based shard index.
+        num_shards: shards of the manifest.
+        manifest: the shard's output manifest (write it last, e.g. with ``atomic_path``).
+        stem: path prefix for the shard's data files (e.g. ``<stem>.h5``).
+    """
+
+    index: int
+    num_shards: int
+    manifest: Path
+    stem: Path
+
+    def file(self, suffix: str) -> Path:
+        """A data file of the shard: ``<stem><suffix>``."""
+        return self.stem.with_name(self.stem.name + suffix)
+
+    @property
+    def desc(self) -> str:
+        return f"shard {self.index + 1}/{self.num_shards}"
+
+
+def shard_of(out_manifest: Path, index: int, num_shards: int) -> Shard:
+    """Shard ``index`` of ``out_manifest``: its files go to ``<stem>-shards/``."""
+    name = out_manifest.name.replace(".jsonl.gz", "")
+    stem = out_manifest.parent / f"{name}-shards" / f"{name}.{index}"
+    return Shard(index, num_shards, stem.with_name(f"{stem.name}.jsonl.gz"), stem)
+
+
+def map_shards(
+    cuts_path: Path,
+    out_manifest: Path,
+    compute: Callable[[CutSet, Shard], None],
+    num_shards: int = 1,
+    shards: Optional[Sequence[int]] = None,
+) -> bool:
+    """Run ``compute(cuts, shard)`` on the unfinished ``shards`` of ``cuts_path``.
+
+    Args:
+        cuts_path: input ``.jsonl.gz`` cut manifest.
+        out_manifest: the merged output manifest.
+        compute: writes ``shard.manifest`` (last) from the shard's cuts.
+        num_shards: contiguous shards the manifest is split into.
+        shards: the shards this process computes (default: all).
+
+    Returns:
+        True when every shard is done and ``out_manifest`` is written.
+    """
+    if out_manifest.is_file():
+        logging.info(f"{out_manifest} exists, skipping")
+        return True
+    if not str(cuts_path).endswith(".jsonl.gz"):
+        raise ValueError(f"{cuts_path}: expected a .jsonl.gz cut manifest")
+    if not Path(cuts_path).is_file():
+        raise FileNotFoundError(f"{cuts_path}: no such manifest (run the fbank stage first)")
+    cuts = load_manifest_lazy(cuts_path)
+    num_cuts = sum(1 for _ in cuts)
+    bounds = np.linspace(0, num_cuts, num_shards + 1).round().astype(int)
+    for index in range(num_shards) if shards is None else shards:
+        if not 0 <= index < num_shards:
+            raise ValueError(f"shard index {index} outside 0..{num_shards - 1}")
+        shard = shard_of(out_manifest, index, num_shards)
+        if shard.manifest.is_file():
+            logging.info(f"Shard {shard.index + 1}/{num_shards} done already ({shard.manifest})")
+            continue
+        shard.manifest.parent.mkdir(parents=True, exist_ok=True)
+        lo, hi = int(bounds[index]), int(bounds[index + 1])
+        compute(CutSet.from_cuts(itertools.islice(cuts, lo, hi)).to_eager(), shard)
+    parts = [shard_of(out_manifest, s, num_shards).manifest for s in range(num_shards)]
+    missing = [p for p in parts if not p.is_file()]
+    if missing:
+        logging.info(f"{len(missing)} shard(s) of {num_shards} still missing; not merging yet")
+        return False
+    with atomic_path(out_manifest) as tmp:
+        CutSet.from_cuts(c for p in parts for c in load_manifest_lazy(p)).to_file(tmp)
+    logging.info(f"Wrote {out_manifest} ({num_cuts} cuts)")
+    return True
