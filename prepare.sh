@@ -18,8 +18,13 @@
 #   6  multi-codebook quantizer (--num-codebooks bytes per teacher frame)
 #   7  codebook indexes of every training cut -> <data-dir>/mvq/<prefix>_cuts_<part>.jsonl.gz
 #      (sharded and resumable; run it under torchrun for several GPUs)
+# Sequence-level KD stage (needs a train.py teacher: --teacher-model, --teacher-epoch):
+#   8  the teacher's N-best lists (modified beam search, --nbest-beam, --nbest) of every
+#      training and unlabeled cut -> <data-dir>/nbest/<prefix>_cuts_<part>.jsonl.gz
+#      (beside the transcripts, which stay as they are; sharded and resumable)
 #
-# Outputs go to --data-dir (default data/<corpus>): manifests/, fbank/, lang_bpe_<N>/, mvq/.
+# Outputs go to --data-dir (default data/<corpus>): manifests/, fbank/, lang_bpe_<N>/, mvq/,
+# nbest/.
 set -euo pipefail
 
 corpus=synth            # synth | librispeech
@@ -50,10 +55,15 @@ num_codebooks=8         # bytes per teacher frame
 mvq_num_cuts=1000       # training cuts whose embeddings train the quantizer
 store_embeddings=false  # also store fp16 teacher embeddings (L1/L2 KD baselines)
 mvq_dir=                # default: <data-dir>/mvq
+# Sequence-level KD (stage 8)
+nbest_beam=4            # modified beam search beam of the teacher
+nbest=4                 # hypotheses kept per cut (<= nbest_beam)
+nbest_dir=              # default: <data-dir>/nbest
 
 options="corpus stage stop_stage dl_dir data_dir nj vocab_size speed_perturb musan skip_bad_audio
  full_libri unlabeled_libri synth_train_hours synth_unlabeled_hours synth_seed synth_noise_files teacher_kind teacher_model
- teacher_layer teacher_epoch teacher_avg num_codebooks mvq_num_cuts store_embeddings mvq_dir"
+ teacher_layer teacher_epoch teacher_avg num_codebooks mvq_num_cuts store_embeddings mvq_dir
+ nbest_beam nbest nbest_dir"
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$here/local/parse_options.sh" "$@"
@@ -63,6 +73,7 @@ manifests=$data_dir/manifests
 fbank=$data_dir/fbank
 lang_dir=$data_dir/lang_bpe_${vocab_size}
 mvq_dir=${mvq_dir:-$data_dir/mvq}
+nbest_dir=${nbest_dir:-$data_dir/nbest}
 
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (prepare.sh:${BASH_LINENO[0]}) $*"; }
 
@@ -173,6 +184,18 @@ if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
   $python "$here/local/compute_codebook_indexes.py" --manifest-dir "$fbank" --prefix $prefix \
     --parts $train_parts --quantizer "$mvq_dir/quantizer.pt" --output-dir "$mvq_dir" \
     --store-embeddings $store_embeddings $teacher_args
+fi
+
+if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
+  if [ -z "$teacher_model" ] || [ "$teacher_kind" != conformer ]; then
+    echo "$0: stage 8 needs a transducer teacher: --teacher-model <train.py experiment>" \
+      "--teacher-epoch N [--teacher-avg K] (see --help)" >&2; exit 1
+  fi
+  log "Stage 8: the teacher's $nbest-best lists (beam $nbest_beam) of the training cuts -> $nbest_dir"
+  $python "$here/local/compute_nbest.py" --manifest-dir "$fbank" --prefix $prefix \
+    --parts $train_parts $unlabeled_parts --output-dir "$nbest_dir" \
+    --teacher-model "$teacher_model" --teacher-epoch $teacher_epoch --teacher-avg $teacher_avg \
+    --bpe-model "$lang_dir/bpe.model" --beam $nbest_beam --nbest $nbest
 fi
 
 log "Done: stages $stage..$stop_stage of corpus $corpus"

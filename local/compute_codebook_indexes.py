@@ -17,7 +17,6 @@ machines). The shard manifests are merged when the last shard is done.
 """
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from mvq_kd.codebooks import (  # noqa: E402
     compute_codebook_indexes,
     teacher_spec_from_args,
 )
+from mvq_kd.shards import add_shard_args, shards_from_args  # noqa: E402
 from mvq_kd.trainer import pick_device  # noqa: E402
 from mvq_kd.utils import setup_logging  # noqa: E402
 
@@ -39,19 +39,7 @@ def main() -> None:
     p.add_argument("--parts", nargs="+", required=True)
     p.add_argument("--quantizer", type=Path, required=True)
     p.add_argument("--output-dir", type=Path, required=True)
-    p.add_argument(
-        "--num-shards",
-        type=int,
-        default=0,
-        help="shards per part (default: the torchrun world size, at least 1)",
-    )
-    p.add_argument(
-        "--shard-indexes",
-        type=int,
-        nargs="*",
-        default=None,
-        help="shards this process computes (default: all, or this rank's)",
-    )
+    add_shard_args(p)
     p.add_argument(
         "--store-embeddings",
         choices=["true", "false"],
@@ -63,14 +51,7 @@ def main() -> None:
     add_teacher_args(p)
     args = p.parse_args()
     setup_logging()
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    num_shards = args.num_shards or world
-    shards = args.shard_indexes
-    if shards is None:
-        shards = list(range(rank, num_shards, world))
-    bad = [s for s in shards if not 0 <= s < num_shards]
-    if bad:
-        sys.exit(f"--shard-indexes {bad} outside 0..{num_shards - 1}")
+    num_shards, shards, rank = shards_from_args(args)
     spec = teacher_spec_from_args(args)
     for part in args.parts:
         src = args.manifest_dir / f"{args.prefix}_cuts_{part}.jsonl.gz"

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from lhotse import CutSet, load_manifest_lazy
@@ -105,3 +106,34 @@ def map_shards(
         CutSet.from_cuts(c for p in parts for c in load_manifest_lazy(p)).to_file(tmp)
     logging.info(f"Wrote {out_manifest} ({num_cuts} cuts)")
     return True
+
+
+def add_shard_args(parser) -> None:
+    """``--num-shards`` and ``--shard-indexes`` of the sharded ``local/`` programs."""
+    parser.add_argument(
+        "--num-shards",
+        type=int,
+        default=0,
+        help="shards per part (default: the torchrun world size, at least 1)",
+    )
+    parser.add_argument(
+        "--shard-indexes",
+        type=int,
+        nargs="*",
+        default=None,
+        help="shards this process computes (default: all, or this torchrun rank's)",
+    )
+
+
+def shards_from_args(args) -> Tuple[int, List[int], int]:
+    """(number of shards, this process's shards, its rank) from :func:`add_shard_args`'s
+    options: under ``torchrun`` rank ``r`` of ``w`` takes shards ``r, r + w, ...``."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    num_shards = args.num_shards or world
+    shards = args.shard_indexes
+    if shards is None:
+        shards = list(range(rank, num_shards, world))
+    bad = [s for s in shards if not 0 <= s < num_shards]
+    if bad:
+        raise SystemExit(f"--shard-indexes {bad} outside 0..{num_shards - 1}")
+    return num_shards, shards, rank

@@ -1,0 +1,179 @@
+"""Teacher N-best lists for sequence-level distillation (Kim & Rush 2016; seed 002).
+
+A trained transducer (a ``train.py`` experiment, checkpoints averaged) decodes every cut
+of a manifest with modified beam search and keeps its ``nbest`` best distinct
+hypotheses with their log-probabilities. They are stored in a new manifest, in the
+custom field ``nbest`` of each cut's first supervision::
+
+    supervision.custom["nbest"] = [{"text": "THE CAT", "score": -1.73}, ...]  # best first
+
+The supervision's ``text`` (the ground truth, ``None`` for unlabeled cuts) is never
+changed; each cut also records the teacher and the search in ``cut.custom["nbest_teacher"]``.
+The computation is sharded and resumable (:func:`mvq_kd.shards.map_shards`).
+
+:func:`nbest_weights` turns a list's scores into per-hypothesis training weights that
+sum to one (uniform, or the teacher's posterior renormalised over the list).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from lhotse import CutSet
+from lhotse.utils import fastcopy
+from tqdm import tqdm
+
+from mvq_kd.dataset import collate_teacher_inputs
+from mvq_kd.decoding import modified_beam_search
+from mvq_kd.shards import Shard, map_shards
+from mvq_kd.utils import atomic_path
+
+NBEST_FIELD = "nbest"
+NBEST_TEACHER_FIELD = "nbest_teacher"
+WEIGHTINGS = ("uniform", "scores")
+
+
+@dataclass
+class NBestConfig:
+    """The teacher and its search.
+
+    Attributes:
+        exp_dir: the teacher's ``train.py`` experiment folder.
+        epoch, avg: decode the average of ``epoch-(epoch-avg+1).pt .. epoch-<epoch>.pt``.
+        bpe_model: the teacher's BPE model (hypotheses are stored as text).
+        beam: modified beam search beam.
+        nbest: hypotheses kept per cut (at most ``beam``: the search keeps ``beam``).
+        max_duration: seconds of audio per decoding batch.
+    """
+
+    exp_dir: Path
+    epoch: int
+    avg: int
+    bpe_model: Path
+    beam: int = 4
+    nbest: int = 4
+    max_duration: float = 100.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.nbest <= self.beam:
+            raise ValueError(f"nbest must be in 1..beam ({self.beam}), got {self.nbest}")
+
+    def describe(self) -> Dict:
+        d = asdict(self)
+        d.pop("max_duration")
+        return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+
+
+def nbest_weights(scores: Sequence[float], weighting: str = "uniform") -> List[float]:
+    """Training weights of an N-best list, summing to one.
+
+    Args:
+        scores: the hypotheses' teacher log-probabilities.
+        weighting: ``uniform`` (1/N each) or ``scores`` (``softmax(scores)``: the
+            teacher's posterior renormalised over the list).
+    """
+    if not scores:
+        raise ValueError("an N-best list needs at least one hypothesis")
+    if weighting == "uniform":
+        return [1.0 / len(scores)] * len(scores)
+    if weighting != "scores":
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    top = max(scores)
+    exp = [math.exp(s - top) for s in scores]
+    total = sum(exp)
+    return [e / total for e in exp]
+
+
+def cut_nbest(cut) -> Optional[List[Dict]]:
+    """The N-best list stored with a cut (its first supervision), or None."""
+    sups = cut.supervisions
+    if not sups or not sups[0].custom:
+        return None
+    return sups[0].custom.get(NBEST_FIELD)
+
+
+def compute_nbest(
+    cfg: NBestConfig,
+    cuts_path: Path,
+    out_manifest: Path,
+    device: torch.device,
+    num_shards: int = 1,
+    shards: Optional[Sequence[int]] = None,
+) -> bool:
+    """Compute (or resume) the teacher's N-best list of every cut of ``cuts_path``.
+
+    Args:
+        cfg: the teacher and its search.
+        cuts_path: input fbank cut manifest (labeled or unlabeled).
+        out_manifest: merged output manifest (the input's cuts plus the lists).
+        num_shards / shards: see :func:`mvq_kd.shards.map_shards`.
+
+    Returns:
+        True when every shard is done and ``out_manifest`` is written.
+    """
+    import sentencepiece as spm
+
+    from mvq_kd.evaluate import load_model
+
+    model = []  # loaded on the first unfinished shard
+    sp = spm.SentencePieceProcessor(model_file=str(cfg.bpe_model))
+
+    def compute(cuts: CutSet, shard: Shard) -> None:
+        if not model:
+            model.append(load_model(cfg.exp_dir, cfg.epoch, cfg.avg, device)[0])
+            if model[0].config.vocab_size != sp.vocab_size():
+                raise ValueError(
+                    f"BPE model {cfg.bpe_model} has {sp.vocab_size()} tokens, the teacher "
+                    f"{cfg.exp_dir} {model[0].config.vocab_size}: give the teacher's BPE model"
+                )
+        out_cuts = []
+        with tqdm(total=len(cuts), desc=f"N-best {shard.desc}", unit="cut") as bar:
+            for batch in _batches(cuts, cfg.max_duration):
+                for cut, hyps in zip(batch, _decode(model[0], batch, cfg, device)):
+                    out_cuts.append(_with_nbest(cut, hyps, sp, cfg))
+                bar.update(len(batch))
+        with atomic_path(shard.manifest) as tmp:
+            CutSet.from_cuts(out_cuts).to_file(tmp)
+
+    done = map_shards(cuts_path, out_manifest, compute, num_shards, shards)
+    if done:
+        logging.info(f"{out_manifest}: {cfg.nbest}-best lists of {cfg.exp_dir} (beam {cfg.beam})")
+    return done
+
+
+def _batches(cuts: CutSet, max_duration: float):
+    """Consecutive cuts of at most ``max_duration`` seconds (at least one cut)."""
+    batch, total = [], 0.0
+    for cut in cuts:
+        if batch and total + cut.duration > max_duration:
+            yield batch
+            batch, total = [], 0.0
+        batch.append(cut)
+        total += cut.duration
+    if batch:
+        yield batch
+
+
+@torch.no_grad()
+def _decode(model, cuts: List, cfg: NBestConfig, device: torch.device):
+    x, x_lens = collate_teacher_inputs(CutSet.from_cuts(cuts), "fbank")
+    enc = model.encoder(x.to(device), x_lens.to(device))
+    return modified_beam_search(model, enc.out, enc.out_lens, beam=cfg.beam, return_nbest=True)
+
+
+def _with_nbest(cut, hyps, sp, cfg: NBestConfig):
+    if not cut.supervisions:
+        raise ValueError(
+            f"Cut {cut.id} has no supervision to hold its N-best list: prepare the manifests "
+            "with prepare.sh (unlabeled cuts carry a supervision without text)"
+        )
+    sup = cut.supervisions[0]
+    nbest = [{"text": sp.decode(tokens), "score": round(score, 4)} for tokens, score in hyps]
+    sup = fastcopy(sup, custom={**(sup.custom or {}), NBEST_FIELD: nbest[: cfg.nbest]})
+    cut = fastcopy(cut, supervisions=[sup, *cut.supervisions[1:]])
+    return cut.with_custom(NBEST_TEACHER_FIELD, cfg.describe())
