@@ -20,6 +20,9 @@ Layer-wise KD into a streaming student (a non-streaming Conformer teacher on the
     --causal true --feature-loss-scale 1 --attention-loss-scale 0.1 --apc-loss-scale 1 \
     --teacher-model egs/synth/exp/teacher --teacher-epoch 10 --teacher-avg 3 \
     [--unlabeled-parts train-unlabeled --unlabeled-ratio 1]
+Sequence-level KD (train on the teacher's N-best of prepare.sh stage 8):
+    --train-manifest-dir data/synth/nbest --pseudo-labels nbest --nbest-weighting scores \
+    [--ground-truth-weight 0.5] [--unlabeled-parts train-unlabeled]
 """
 
 import argparse
@@ -31,8 +34,10 @@ from mvq_kd.dataset import DataConfig
 from mvq_kd.kd.frame import EMBEDDING_SOURCES, FrameKdConfig
 from mvq_kd.kd.layerwise import LayerwiseKdConfig
 from mvq_kd.kd.regression import LOSS_KINDS
+from mvq_kd.kd.sequence import PSEUDO_LABELS, SequenceKdConfig
 from mvq_kd.model.encoder import EncoderConfig
 from mvq_kd.model.transducer import TransducerConfig
+from mvq_kd.nbest import WEIGHTINGS
 from mvq_kd.trainer import LossConfig, OptimConfig, TrainConfig, run
 from mvq_kd.utils import setup_logging
 
@@ -216,13 +221,37 @@ def add_kd_args(p: argparse.ArgumentParser) -> None:
     lw.add_argument(
         "--apc-shift", type=int, default=lc.apc_shift, help="APC: frames ahead to predict"
     )
-    lw.add_argument(
+    sq = p.add_argument_group("sequence-level distillation (teacher N-best)")
+    sc = SequenceKdConfig()
+    sq.add_argument(
+        "--pseudo-labels",
+        choices=PSEUDO_LABELS,
+        default=sc.pseudo_labels,
+        help="train on the teacher's 1-best or N-best of prepare.sh stage 8 (--train-manifest-dir "
+        "data/<corpus>/nbest)",
+    )
+    sq.add_argument(
+        "--nbest-weighting",
+        choices=WEIGHTINGS,
+        default=sc.weighting,
+        help="weights of the N-best hypotheses: uniform, or the teacher's posterior "
+        "renormalised over the list",
+    )
+    sq.add_argument(
+        "--ground-truth-weight",
+        type=float,
+        default=sc.ground_truth_weight,
+        help="a labeled cut's transcript weight beside its pseudo labels (0: pseudo labels only)",
+    )
+    u = p.add_argument_group("unlabeled audio (layer-wise, on-the-fly and sequence-level KD)")
+    u.add_argument(
         "--unlabeled-parts",
         nargs="*",
         default=[],
-        help="cut parts without transcripts (e.g. train-unlabeled): distillation losses only",
+        help="cut parts without transcripts (e.g. train-unlabeled), read from the folder of the "
+        "training cuts: pseudo labels and distillation losses only",
     )
-    lw.add_argument(
+    u.add_argument(
         "--unlabeled-ratio",
         type=float,
         default=DataConfig.unlabeled_ratio,
@@ -271,7 +300,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         musan_cuts=args.musan,
         num_workers=args.num_workers,
         seed=args.seed,
-        unlabeled_cuts=[cuts(args.manifest_dir, p) for p in args.unlabeled_parts],
+        unlabeled_cuts=[cuts(train_dir, p) for p in args.unlabeled_parts],
         unlabeled_ratio=args.unlabeled_ratio,
     )
     optim = OptimConfig(
@@ -315,6 +344,11 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         apc_loss_scale=args.apc_loss_scale,
         apc_shift=args.apc_shift,
     )
+    sequence_kd = SequenceKdConfig(
+        pseudo_labels=args.pseudo_labels,
+        weighting=args.nbest_weighting,
+        ground_truth_weight=args.ground_truth_weight,
+    )
     teacher = None
     if frame_kd.runs_teacher and (args.teacher_model is None or args.teacher_layer is None):
         raise SystemExit("--embedding-source teacher needs --teacher-model and --teacher-layer")
@@ -331,6 +365,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         loss=loss,
         frame_kd=frame_kd,
         layerwise_kd=layerwise_kd,
+        sequence_kd=sequence_kd,
         teacher=teacher,
         num_epochs=args.num_epochs,
         start_epoch=args.start_epoch,

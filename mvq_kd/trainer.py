@@ -22,7 +22,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ from mvq_kd.dataset import (
 )
 from mvq_kd.kd.frame import FrameKd, FrameKdConfig, TargetSpec, probe_field
 from mvq_kd.kd.layerwise import LayerwiseKd, LayerwiseKdConfig, TeacherLayers
+from mvq_kd.kd.sequence import SequenceKdConfig, cut_targets
 from mvq_kd.model.encoder import ENCODER_FRAME_SHIFT, FBANK_FRAME_SHIFT, ConformerEncoder
 from mvq_kd.model.transducer import Transducer, TransducerConfig, TransducerOutput
 from mvq_kd.teacher import ConformerTeacher, Teacher
@@ -105,6 +106,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     frame_kd: FrameKdConfig = field(default_factory=FrameKdConfig)
     layerwise_kd: LayerwiseKdConfig = field(default_factory=LayerwiseKdConfig)
+    sequence_kd: SequenceKdConfig = field(default_factory=SequenceKdConfig)
     teacher: Optional[TeacherSpec] = None
     num_epochs: int = 10
     start_epoch: int = 1
@@ -237,13 +239,14 @@ class TrainingModel(nn.Module):
         y_lens: Tensor,
         cfg: LossConfig,
         weights: Optional[Tensor] = None,
+        rows: Optional[Tensor] = None,
         kd_targets: Optional[Dict[str, Tuple[Tensor, Tensor]]] = None,
         kd_lens: Optional[Tensor] = None,
         cut_ids: Optional[List[str]] = None,
         teacher_layers: Optional[TeacherLayers] = None,
     ) -> Tuple[TransducerOutput, Dict[str, Tensor]]:
-        """Transducer losses (see :meth:`Transducer.forward`; ``weights``: (B,)
-        per-utterance weights, 0 for unlabeled cuts) and the unscaled distillation
+        """Transducer losses (see :meth:`Transducer.forward`: ``weights`` (R,) per
+        target, ``rows`` (R,) the utterance of each target) and the unscaled distillation
         losses: frame-level with ``kd_targets`` (see :meth:`FrameKd.forward`),
         layer-wise with ``teacher_layers`` (see :meth:`LayerwiseKd.forward`); ``kd_lens``:
         (B,) student frames that have teacher targets."""
@@ -256,6 +259,7 @@ class TrainingModel(nn.Module):
             am_scale=cfg.am_scale,
             lm_scale=cfg.lm_scale,
             weights=weights,
+            rows=rows,
         )
         kd: Dict[str, Tensor] = {}
         if kd_targets is not None and self.frame_kd is not None:
@@ -315,6 +319,41 @@ def layerwise_teacher_targets(
 TRANSDUCER_LOSSES = ("simple_loss", "pruned_loss", "ctc_loss")
 
 
+@dataclass
+class BatchTargets:
+    """The transducer targets of a batch of B cuts: R target transcripts.
+
+    Attributes:
+        texts: R transcripts (an empty one, weight 0, for a cut without target).
+        weights: (R,) float loss weights (None: all 1).
+        rows: (R,) int64 cut of each target (None: ``arange(B)``, one target per cut).
+        has_target: (B,) bool, the cuts with a (pseudo) transcript.
+    """
+
+    texts: List[str]
+    weights: Optional[Tensor]
+    rows: Optional[Tensor]
+    has_target: Tensor
+
+
+def batch_targets(cuts: Sequence, cfg: SequenceKdConfig) -> BatchTargets:
+    """The targets of the cuts (see :func:`mvq_kd.kd.sequence.cut_targets`)."""
+    per_cut = [cut_targets(c, cfg) for c in cuts]
+    has_target = torch.tensor([bool(t) for t in per_cut])
+    # A cut without target keeps one empty row of weight 0, so that the transducer's
+    # parameters are in the graph even for a batch of unlabeled cuts (DDP needs them).
+    per_cut = [t or [("", 0.0)] for t in per_cut]
+    texts = [text for t in per_cut for text, _ in t]
+    weights = [w for t in per_cut for _, w in t]
+    rows = None
+    if len(texts) != len(per_cut):
+        rows = torch.tensor([i for i, t in enumerate(per_cut) for _ in t], dtype=torch.int64)
+    all_one = all(w == 1.0 for w in weights)
+    return BatchTargets(
+        texts, None if all_one else torch.tensor(weights, dtype=torch.float32), rows, has_target
+    )
+
+
 def compute_loss(
     model: nn.Module,
     batch: Dict,
@@ -324,18 +363,23 @@ def compute_loss(
     device: torch.device,
     kd_targets: Optional[Dict[str, Tuple[Tensor, Tensor]]] = None,
     teacher_layers: Optional[TeacherLayers] = None,
+    sequence_kd: Optional[SequenceKdConfig] = None,
 ) -> Tuple[Tensor, Dict[str, float]]:
     """Weighted transducer (+ distillation) loss of a batch, normalized per encoder frame.
 
-    The transducer losses count the labeled cuts only (per labeled frame); the
-    distillation losses count every cut (per frame), so unlabeled cuts (text None)
-    contribute distillation only.
+    The transducer losses count the cuts with a target only (per frame of those cuts:
+    ``labeled_frames``); the distillation losses count every cut (per frame), so
+    unlabeled cuts without pseudo labels (text None) contribute distillation only. With
+    ``sequence_kd``, each cut's targets are its weighted pseudo labels (and transcript):
+    the transducer loss of a cut is the weighted sum over its targets (weights summing
+    to one, see :func:`mvq_kd.kd.sequence.cut_targets`).
 
     Args:
         model: a :class:`TrainingModel` (or DDP around one).
         kd_targets: frame-level teacher targets (:func:`frame_kd_targets`); None: no
             frame-level KD.
         teacher_layers: the teacher's layers for layer-wise KD; None: none.
+        sequence_kd: pseudo labels (None: the transcripts).
 
     Returns:
         the loss to back-propagate, and summed statistics for logging: ``frames``,
@@ -344,9 +388,9 @@ def compute_loss(
     """
     x = batch["features"].to(device)
     x_lens = batch["feature_lens"].to(device)
-    y, y_lens = tokenize(sp, batch["texts"], device)
-    labeled = torch.tensor([t is not None for t in batch["texts"]], device=device)
-    weights = None if bool(labeled.all()) else labeled.float()
+    targets = batch_targets(batch["cuts"], sequence_kd or SequenceKdConfig())
+    y, y_lens = tokenize(sp, targets.texts, device)
+    labeled = targets.has_target.to(device)
     kd_lens = None
     if kd_targets is not None or teacher_layers is not None:
         kd_lens = ConformerEncoder.output_lengths(batch["speech_feature_lens"]).to(device)
@@ -356,7 +400,8 @@ def compute_loss(
         y,
         y_lens,
         cfg,
-        weights,
+        None if targets.weights is None else targets.weights.to(device),
+        None if targets.rows is None else targets.rows.to(device),
         kd_targets,
         kd_lens,
         [c.id for c in batch["cuts"]],
@@ -410,11 +455,13 @@ class Trainer:
             )
         student = Transducer(cfg.model)
         self.teacher: Optional[Teacher] = None
-        if cfg.data.unlabeled_cuts and not (cfg.layerwise_kd.enabled or cfg.frame_kd.runs_teacher):
+        if cfg.data.unlabeled_cuts and not (
+            cfg.layerwise_kd.enabled or cfg.frame_kd.runs_teacher or cfg.sequence_kd.enabled
+        ):
             raise ValueError(
-                "unlabeled cuts only train the distillation losses of a teacher run on the "
-                "fly: enable layer-wise KD or --embedding-source teacher (or leave out "
-                "--unlabeled-parts)"
+                "unlabeled cuts only train on pseudo labels or the distillation losses of a "
+                "teacher run on the fly: enable --pseudo-labels, layer-wise KD or "
+                "--embedding-source teacher (or leave out --unlabeled-parts)"
             )
         if cfg.data.unlabeled_cuts and cfg.frame_kd.cut_fields():
             raise ValueError(
@@ -700,6 +747,7 @@ class Trainer:
                 self.device,
                 kd_targets,
                 teacher_layers,
+                cfg.sequence_kd,
             )
         self.batch_in_epoch += 1
         self.step += 1
@@ -829,6 +877,8 @@ def distillation_summary(cfg: TrainConfig) -> Optional[Dict]:
         kd["frame"] = dataclasses.asdict(cfg.frame_kd)
     if cfg.layerwise_kd.enabled:
         kd["layerwise"] = dataclasses.asdict(cfg.layerwise_kd)
+    if cfg.sequence_kd.enabled:
+        kd["sequence"] = dataclasses.asdict(cfg.sequence_kd)
     if kd and cfg.data.unlabeled_cuts:
         kd["unlabeled"] = {
             "cuts": [str(p) for p in cfg.data.unlabeled_cuts],

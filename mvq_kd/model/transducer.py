@@ -109,6 +109,7 @@ class Transducer(nn.Module):
         left_context: Optional[int] = None,
         return_qkv: bool = False,
         weights: Optional[Tensor] = None,
+        rows: Optional[Tensor] = None,
     ) -> TransducerOutput:
         """Simple and pruned RNN-T losses, each summed over the batch.
 
@@ -116,15 +117,17 @@ class Transducer(nn.Module):
             x: (B, T, F) fbank features.
             x_lens: (B,) int64 valid frames; every utterance needs at least one
                 encoder frame (``ConformerEncoder.output_lengths(x_lens) >= 1``).
-            y_padded: (B, S) int64 token ids (no blanks); values past ``y_lens`` are
-                ignored.
-            y_lens: (B,) int64 token counts.
+            y_padded: (R, S) int64 token ids (no blanks); values past ``y_lens`` are
+                ignored. ``R = B`` (one target per utterance) unless ``rows`` is given.
+            y_lens: (R,) int64 token counts.
             prune_range: symbols kept per frame for the pruned loss.
             am_scale / lm_scale: weights of the acoustic-only / LM-only terms of the
                 smoothed simple loss.
             chunk_size / left_context / return_qkv: see ``ConformerEncoder.forward``.
-            weights: (B,) per-utterance loss weights (0 for an unlabeled cut: its
+            weights: (R,) per-target loss weights (0 for an unlabeled cut: its
                 encoder output still serves distillation); None: all 1.
+            rows: (R,) int64, the utterance of each target: several targets per utterance
+                (e.g. a teacher's N-best) share one encoder forward; None: ``arange(B)``.
 
         Returns:
             :class:`TransducerOutput`.
@@ -136,6 +139,9 @@ class Transducer(nn.Module):
             return loss if weights is None else (loss * weights).sum()
 
         enc = self.encoder(x, x_lens, chunk_size, left_context, return_qkv)
+        enc_out, enc_lens = enc.out, enc.out_lens
+        if rows is not None:
+            enc_out, enc_lens = enc_out[rows], enc_lens[rows]
         s = y_padded.size(1)
         y = y_padded.masked_fill(
             torch.arange(s, device=y_padded.device)[None, :] >= y_lens[:, None], blank
@@ -144,10 +150,10 @@ class Transducer(nn.Module):
         dec = self.decoder(sos_y)  # (B, S + 1, decoder_dim)
         boundary = torch.zeros(y.size(0), 4, dtype=torch.int64, device=y.device)
         boundary[:, 2] = y_lens
-        boundary[:, 3] = enc.out_lens
+        boundary[:, 3] = enc_lens
 
         lm = self.simple_lm_proj(dec)
-        am = self.simple_am_proj(enc.out)
+        am = self.simple_am_proj(enc_out)
         with torch.autocast(device_type=x.device.type, enabled=False):
             simple_loss, (px_grad, py_grad) = rnnt_loss_smoothed(
                 lm=lm.float(),
@@ -163,7 +169,7 @@ class Transducer(nn.Module):
             simple_loss = reduce(simple_loss)
         ranges = get_rnnt_prune_ranges(px_grad, py_grad, boundary, prune_range)
         am_pruned, lm_pruned = do_rnnt_pruning(
-            self.joiner.encoder_proj(enc.out), self.joiner.decoder_proj(dec), ranges
+            self.joiner.encoder_proj(enc_out), self.joiner.decoder_proj(dec), ranges
         )
         logits = self.joiner(am_pruned, lm_pruned, project_input=False)  # (B, T', prune_range, V)
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -178,11 +184,11 @@ class Transducer(nn.Module):
             pruned_loss = reduce(pruned_loss)
         ctc_loss = None
         if self.ctc_output is not None:
-            log_probs = self.ctc_output(enc.out).float().log_softmax(-1)  # (B, T', V)
+            log_probs = self.ctc_output(enc_out).float().log_softmax(-1)  # (R, T', V)
             ctc_loss = nn.functional.ctc_loss(
                 log_probs.transpose(0, 1),
                 y,
-                enc.out_lens,
+                enc_lens,
                 y_lens,
                 blank=blank,
                 reduction=reduction,
