@@ -16,12 +16,15 @@
 # MVQ-KD stages (need a teacher: --stop-stage 7 and the --teacher-* options):
 #   5  teacher embeddings of --mvq-num-cuts random training cuts
 #   6  multi-codebook quantizer (--num-codebooks bytes per teacher frame)
-#   7  codebook indexes of every training cut -> <data-dir>/mvq/<prefix>_cuts_<part>.jsonl.gz
+#   7  codebook indexes of every training and unlabeled cut
+#      -> <data-dir>/mvq/<prefix>_cuts_<part>.jsonl.gz
 #      (sharded and resumable; run it under torchrun for several GPUs)
 # Sequence-level KD stage (needs a train.py teacher: --teacher-model, --teacher-epoch):
 #   8  the teacher's N-best lists (modified beam search, --nbest-beam, --nbest) of every
-#      training and unlabeled cut -> <data-dir>/nbest/<prefix>_cuts_<part>.jsonl.gz
-#      (beside the transcripts, which stay as they are; sharded and resumable)
+#      training and unlabeled cut of --nbest-input-dir (default: the fbank cuts; the MVQ
+#      cuts of stage 7 for a run that combines MVQ-KD and sequence-level KD)
+#      -> <data-dir>/nbest/<prefix>_cuts_<part>.jsonl.gz (beside the transcripts, which
+#      stay as they are; sharded and resumable)
 #
 # Outputs go to --data-dir (default data/<corpus>): manifests/, fbank/, lang_bpe_<N>/, mvq/,
 # nbest/.
@@ -58,12 +61,13 @@ mvq_dir=                # default: <data-dir>/mvq
 # Sequence-level KD (stage 8)
 nbest_beam=4            # modified beam search beam of the teacher
 nbest=4                 # hypotheses kept per cut (<= nbest_beam)
+nbest_input_dir=        # cuts to decode (default: <data-dir>/fbank)
 nbest_dir=              # default: <data-dir>/nbest
 
 options="corpus stage stop_stage dl_dir data_dir nj vocab_size speed_perturb musan skip_bad_audio
  full_libri unlabeled_libri synth_train_hours synth_unlabeled_hours synth_seed synth_noise_files teacher_kind teacher_model
  teacher_layer teacher_epoch teacher_avg num_codebooks mvq_num_cuts store_embeddings mvq_dir
- nbest_beam nbest nbest_dir"
+ nbest_beam nbest nbest_input_dir nbest_dir"
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$here/local/parse_options.sh" "$@"
@@ -73,6 +77,7 @@ manifests=$data_dir/manifests
 fbank=$data_dir/fbank
 lang_dir=$data_dir/lang_bpe_${vocab_size}
 mvq_dir=${mvq_dir:-$data_dir/mvq}
+nbest_input_dir=${nbest_input_dir:-$fbank}
 nbest_dir=${nbest_dir:-$data_dir/nbest}
 
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (prepare.sh:${BASH_LINENO[0]}) $*"; }
@@ -179,10 +184,10 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
 fi
 
 if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
-  log "Stage 7: codebook indexes of the training cuts -> $mvq_dir"
+  log "Stage 7: codebook indexes of the training and unlabeled cuts -> $mvq_dir"
   # Speed-perturbed copies (_sp0.9, _sp1.1) are cuts of the training manifests too.
   $python "$here/local/compute_codebook_indexes.py" --manifest-dir "$fbank" --prefix $prefix \
-    --parts $train_parts --quantizer "$mvq_dir/quantizer.pt" --output-dir "$mvq_dir" \
+    --parts $train_parts $unlabeled_parts --quantizer "$mvq_dir/quantizer.pt" --output-dir "$mvq_dir" \
     --store-embeddings $store_embeddings $teacher_args
 fi
 
@@ -192,7 +197,7 @@ if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
       "--teacher-epoch N [--teacher-avg K] (see --help)" >&2; exit 1
   fi
   log "Stage 8: the teacher's $nbest-best lists (beam $nbest_beam) of the training cuts -> $nbest_dir"
-  $python "$here/local/compute_nbest.py" --manifest-dir "$fbank" --prefix $prefix \
+  $python "$here/local/compute_nbest.py" --manifest-dir "$nbest_input_dir" --prefix $prefix \
     --parts $train_parts $unlabeled_parts --output-dir "$nbest_dir" \
     --teacher-model "$teacher_model" --teacher-epoch $teacher_epoch --teacher-avg $teacher_avg \
     --bpe-model "$lang_dir/bpe.model" --beam $nbest_beam --nbest $nbest

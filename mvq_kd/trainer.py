@@ -463,11 +463,6 @@ class Trainer:
                 "teacher run on the fly: enable --pseudo-labels, layer-wise KD or "
                 "--embedding-source teacher (or leave out --unlabeled-parts)"
             )
-        if cfg.data.unlabeled_cuts and cfg.frame_kd.cut_fields():
-            raise ValueError(
-                f"the unlabeled cuts have no stored {cfg.frame_kd.cut_fields()}: frame-level "
-                "KD from stored targets cannot train on them"
-            )
         if cfg.frame_kd.runs_teacher or cfg.layerwise_kd.enabled:
             self.teacher = self._build_teacher()
         frame_kd = self._build_frame_kd() if cfg.frame_kd.enabled else None
@@ -587,10 +582,15 @@ class Trainer:
                 "--time-warp-factor 0 (or --spec-augment false) with frame-level KD"
             )
         cuts = load_cuts(cfg.data.train_cuts)
+        # Stored targets of unlabeled cuts: prepare.sh stage 7 on their part too.
+        for name in kd.cut_fields() if cfg.data.unlabeled_cuts else ():
+            probe_field(load_cuts(cfg.data.unlabeled_cuts), name, what="unlabeled cuts")
         codebooks, embeddings = None, None
         if kd.use_codebooks:
             codebooks = probe_field(cuts, INDEX_FIELD)
-            qid = check_quantizer_ids(cuts, kd.quantizer_id)
+            qid = check_quantizer_ids(
+                load_cuts(cfg.data.train_cuts + cfg.data.unlabeled_cuts), kd.quantizer_id
+            )
             logging.info(
                 f"MVQ-KD: {codebooks.dim} codebooks per {codebooks.frame_shift * 1000:.0f} ms "
                 f"teacher frame, quantizer {qid}, loss scale {kd.codebook_loss_scale}"

@@ -97,8 +97,11 @@ class TargetSpec:
     frame_shift: float
 
 
-def probe_field(cuts: CutSet, name: str, max_cuts: int = 100) -> TargetSpec:
-    """:class:`TargetSpec` of the temporal field ``name`` from the first cut that has it."""
+def probe_field(
+    cuts: CutSet, name: str, max_cuts: int = 100, what: str = "training cuts"
+) -> TargetSpec:
+    """:class:`TargetSpec` of the temporal field ``name`` from the first cut that has it
+    (``what``: the cuts, for the error message)."""
     for i, cut in enumerate(cuts):
         if i >= max_cuts:
             break
@@ -107,7 +110,7 @@ def probe_field(cuts: CutSet, name: str, max_cuts: int = 100) -> TargetSpec:
             arr = speech.custom[name]
             return TargetSpec(dim=int(arr.shape[1]), frame_shift=float(arr.frame_shift))
     raise ValueError(
-        f"None of the first {max_cuts} training cuts has a {name!r} field: train on the "
+        f"None of the first {max_cuts} {what} has a {name!r} field: train on the "
         "manifests of prepare.sh stage 7 (e.g. --train-manifest-dir data/synth/mvq"
         + (", stage 7 run with --store-embeddings true" if name == EMBEDDING_FIELD else "")
         + ")"
