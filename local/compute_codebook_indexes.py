@@ -27,18 +27,14 @@ from mvq_kd.codebooks import (  # noqa: E402
     compute_codebook_indexes,
     teacher_spec_from_args,
 )
-from mvq_kd.shards import add_shard_args, shards_from_args  # noqa: E402
+from mvq_kd.shards import add_shard_args, part_manifests, shards_from_args  # noqa: E402
 from mvq_kd.trainer import pick_device  # noqa: E402
 from mvq_kd.utils import setup_logging  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--manifest-dir", type=Path, required=True)
-    p.add_argument("--prefix", default="librispeech")
-    p.add_argument("--parts", nargs="+", required=True)
     p.add_argument("--quantizer", type=Path, required=True)
-    p.add_argument("--output-dir", type=Path, required=True)
     add_shard_args(p)
     p.add_argument(
         "--store-embeddings",
@@ -53,15 +49,12 @@ def main() -> None:
     setup_logging()
     num_shards, shards, rank = shards_from_args(args)
     spec = teacher_spec_from_args(args)
-    for part in args.parts:
-        src = args.manifest_dir / f"{args.prefix}_cuts_{part}.jsonl.gz"
-        if not src.is_file():
-            sys.exit(f"Missing manifest {src}: run the fbank stage of prepare.sh first")
+    for src, out in part_manifests(args):
         compute_codebook_indexes(
             spec,
             args.quantizer,
             src,
-            args.output_dir / src.name,
+            out,
             pick_device(args.device, rank),
             num_shards=num_shards,
             shards=shards,

@@ -23,17 +23,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mvq_kd.nbest import NBestConfig, compute_nbest  # noqa: E402
-from mvq_kd.shards import add_shard_args, shards_from_args  # noqa: E402
+from mvq_kd.shards import add_shard_args, part_manifests, shards_from_args  # noqa: E402
 from mvq_kd.trainer import pick_device  # noqa: E402
 from mvq_kd.utils import setup_logging  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--manifest-dir", type=Path, required=True)
-    p.add_argument("--prefix", default="librispeech")
-    p.add_argument("--parts", nargs="+", required=True)
-    p.add_argument("--output-dir", type=Path, required=True)
     p.add_argument("--teacher-model", type=Path, required=True, help="train.py experiment folder")
     p.add_argument("--teacher-epoch", type=int, required=True)
     p.add_argument("--teacher-avg", type=int, default=1)
@@ -55,14 +51,11 @@ def main() -> None:
         nbest=args.nbest,
         max_duration=args.max_duration,
     )
-    for part in args.parts:
-        src = args.manifest_dir / f"{args.prefix}_cuts_{part}.jsonl.gz"
-        if not src.is_file():
-            sys.exit(f"Missing manifest {src}: run the fbank stage of prepare.sh first")
+    for src, out in part_manifests(args):
         compute_nbest(
             cfg,
             src,
-            args.output_dir / src.name,
+            out,
             pick_device(args.device, rank),
             num_shards=num_shards,
             shards=shards,

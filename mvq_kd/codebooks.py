@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from mvq_kd.dataset import collate_teacher_inputs
 from mvq_kd.quantization import Quantizer
-from mvq_kd.shards import Shard, map_shards
+from mvq_kd.shards import Shard, map_shards, ordered_batches
 from mvq_kd.teacher import ConformerTeacher, HfSslTeacher, Teacher
 from mvq_kd.utils import atomic_path
 
@@ -83,20 +83,8 @@ def teacher_batches(
 ) -> Iterator[Tuple[List, torch.Tensor, torch.Tensor]]:
     """Batches of (cuts, inputs, input lengths) in the manifest order: audio resampled
     to 16 kHz for audio teachers, fbank for fbank teachers."""
-    batch: List = []
-    total = 0.0
-    for cut in cuts:
-        if batch and total + cut.duration > max_duration:
-            yield batch, *_inputs(teacher, batch)
-            batch, total = [], 0.0
-        batch.append(cut)
-        total += cut.duration
-    if batch:
-        yield batch, *_inputs(teacher, batch)
-
-
-def _inputs(teacher: Teacher, cuts: List) -> Tuple[torch.Tensor, torch.Tensor]:
-    return collate_teacher_inputs(CutSet.from_cuts(cuts), teacher.input_type)
+    for batch in ordered_batches(cuts, max_duration):
+        yield batch, *collate_teacher_inputs(CutSet.from_cuts(batch), teacher.input_type)
 
 
 def sample_embeddings(

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from mvq_kd.dataset import collate_teacher_inputs
 from mvq_kd.decoding import modified_beam_search
-from mvq_kd.shards import Shard, map_shards
+from mvq_kd.shards import Shard, map_shards, ordered_batches
 from mvq_kd.utils import atomic_path
 
 NBEST_FIELD = "nbest"
@@ -133,7 +133,7 @@ def compute_nbest(
                 )
         out_cuts = []
         with tqdm(total=len(cuts), desc=f"N-best {shard.desc}", unit="cut") as bar:
-            for batch in _batches(cuts, cfg.max_duration):
+            for batch in ordered_batches(cuts, cfg.max_duration):
                 for cut, hyps in zip(batch, _decode(model[0], batch, cfg, device)):
                     out_cuts.append(_with_nbest(cut, hyps, sp, cfg))
                 bar.update(len(batch))
@@ -144,19 +144,6 @@ def compute_nbest(
     if done:
         logging.info(f"{out_manifest}: {cfg.nbest}-best lists of {cfg.exp_dir} (beam {cfg.beam})")
     return done
-
-
-def _batches(cuts: CutSet, max_duration: float):
-    """Consecutive cuts of at most ``max_duration`` seconds (at least one cut)."""
-    batch, total = [], 0.0
-    for cut in cuts:
-        if batch and total + cut.duration > max_duration:
-            yield batch
-            batch, total = [], 0.0
-        batch.append(cut)
-        total += cut.duration
-    if batch:
-        yield batch
 
 
 @torch.no_grad()

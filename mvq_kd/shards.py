@@ -18,7 +18,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from lhotse import CutSet, load_manifest_lazy
@@ -108,8 +108,29 @@ def map_shards(
     return True
 
 
+def ordered_batches(cuts: Iterable, max_duration: float) -> Iterator[List]:
+    """Consecutive cuts, in the manifest order, of at most ``max_duration`` seconds per
+    batch (a longer cut alone): a shard's batches do not depend on anything else."""
+    batch: List = []
+    total = 0.0
+    for cut in cuts:
+        if batch and total + cut.duration > max_duration:
+            yield batch
+            batch, total = [], 0.0
+        batch.append(cut)
+        total += cut.duration
+    if batch:
+        yield batch
+
+
 def add_shard_args(parser) -> None:
-    """``--num-shards`` and ``--shard-indexes`` of the sharded ``local/`` programs."""
+    """The input, output and shard options of the sharded ``local/`` programs:
+    ``--manifest-dir``, ``--prefix``, ``--parts``, ``--output-dir``, ``--num-shards``,
+    ``--shard-indexes``."""
+    parser.add_argument("--manifest-dir", type=Path, required=True)
+    parser.add_argument("--prefix", default="librispeech")
+    parser.add_argument("--parts", nargs="+", required=True)
+    parser.add_argument("--output-dir", type=Path, required=True)
     parser.add_argument(
         "--num-shards",
         type=int,
@@ -137,3 +158,15 @@ def shards_from_args(args) -> Tuple[int, List[int], int]:
     if bad:
         raise SystemExit(f"--shard-indexes {bad} outside 0..{num_shards - 1}")
     return num_shards, shards, rank
+
+
+def part_manifests(args) -> List[Tuple[Path, Path]]:
+    """(input, output) manifest of each of :func:`add_shard_args`'s ``--parts``; exits
+    with a clear message, before any work, when an input is missing."""
+    pairs = []
+    for part in args.parts:
+        src = args.manifest_dir / f"{args.prefix}_cuts_{part}.jsonl.gz"
+        if not src.is_file():
+            raise SystemExit(f"Missing manifest {src}: run the fbank stage of prepare.sh first")
+        pairs.append((src, args.output_dir / src.name))
+    return pairs
