@@ -28,6 +28,16 @@
 #      fly): feature, attention-relation and APC losses; with --unlabeled-libri also a
 #      second student that mixes those unlabeled parts 1:1 into each epoch (KD losses only)
 #   8  decode the students of stage 7
+# Sequence-level KD and the combination:
+#   9  the stage-1 teacher's N-best lists (modified beam search) of every training cut
+#      (and --unlabeled-libri cut) -> data/librispeech/nbest, and of the MVQ cuts of
+#      stage 4 -> data/librispeech/mvq-nbest (torchrun, all GPUs; sharded, resumable)
+#  10  non-streaming students of three sizes (16 x 256, 12 x 256, 8 x 192: 3.8x, 5.0x and
+#      11.9x fewer parameters than the teacher), each as a baseline and on the N-best
+#      (with --unlabeled-libri also on the unlabeled parts' N-best)
+#  11  the combined streaming 16 x 256 student: MVQ-KD + layer-wise KD + sequence-level KD
+#      (+ the unlabeled parts with --unlabeled-libri)
+#  12  decode the students of stages 10-11
 #
 # Results: egs/librispeech/exp/<model>/<method>/{recogs,errs,wer-summary}-<part>-<settings>.txt
 set -euo pipefail
@@ -60,11 +70,16 @@ apc_loss_scale=1
 apc_shift=2             # APC predicts the teacher layer output this many 40 ms frames ahead
 unlabeled_libri=        # parts prepared without transcripts (stage 0) for the second student,
                         # e.g. "train-clean-360 train-other-500" with --full-libri false
+# Sequence-level KD (stages 9-12)
+nbest_beam=4            # the teacher's modified beam search beam
+nbest=4                 # hypotheses kept per cut
+nbest_weighting=scores  # uniform | scores (the teacher's posterior over the list)
+ground_truth_weight=0   # a labeled cut's transcript weight beside its pseudo labels
 
 options="stage stop_stage num_gpus dl_dir full_libri nj num_epochs avg max_duration use_fp16
  beam_size torchrun_opts dry_run hubert hubert_layer num_codebooks mvq_num_cuts codebook_loss_scale
  layerwise_connections feature_loss_scale attention_loss_scale apc_loss_scale apc_shift
- unlabeled_libri"
+ unlabeled_libri nbest_beam nbest nbest_weighting ground_truth_weight"
 
 . "$(dirname "${BASH_SOURCE[0]}")/../../local/parse_options.sh" "$@"
 
@@ -173,7 +188,7 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
     "${teacher_opts[@]}"
   # The training manifests hold the speed-perturbed copies too.
   run torchrun $torchrun_opts --nproc-per-node "$num_gpus" local/compute_codebook_indexes.py \
-    --manifest-dir "$fbank" --prefix librispeech --parts $train_parts \
+    --manifest-dir "$fbank" --prefix librispeech --parts $train_parts $unlabeled_libri \
     --quantizer "$mvq/quantizer.pt" --output-dir "$mvq" "${teacher_opts[@]}"
 fi
 
@@ -233,6 +248,68 @@ fi
 if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
   log "Stage 8: decode the layer-wise KD students"
   decode_students $layerwise_students
+fi
+
+nbest_dir=$data/nbest
+seq_kd_opts=(--pseudo-labels nbest --nbest-weighting "$nbest_weighting"
+  --ground-truth-weight "$ground_truth_weight")
+unlabeled_opts=()
+[ -n "$unlabeled_libri" ] && unlabeled_opts=(--unlabeled-parts $unlabeled_libri --unlabeled-ratio 1)
+# Non-streaming students of stage 10: name|encoder options
+sizes=(
+  "16x256|--num-encoder-layers 16 --encoder-dim 256 --num-heads 4 --feedforward-dim 1024"
+  "12x256|--num-encoder-layers 12 --encoder-dim 256 --num-heads 4 --feedforward-dim 1024"
+  "8x192|--num-encoder-layers 8 --encoder-dim 192 --num-heads 4 --feedforward-dim 768"
+)
+size_opts=(--causal false --base-lr 2e-3 --warmup-batches 5000 --lr-batches 5000 --lr-epochs 6)
+seq_students=""
+for size in "${sizes[@]}"; do
+  seq_students="$seq_students student-${size%%|*}-baseline student-${size%%|*}-seq-kd"
+  [ -n "$unlabeled_libri" ] && seq_students="$seq_students student-${size%%|*}-seq-kd-unlabeled"
+done
+combined=student-16x256-causal-combined
+
+if [ "$stage" -le 9 ] && [ "$stop_stage" -ge 9 ]; then
+  log "Stage 9: the teacher's $nbest-best lists -> $nbest_dir, $data/mvq-nbest"
+  for pair in "$fbank|$nbest_dir" "$mvq|$data/mvq-nbest"; do
+    run torchrun $torchrun_opts --nproc-per-node "$num_gpus" local/compute_nbest.py \
+      --manifest-dir "${pair%%|*}" --prefix librispeech --parts $train_parts $unlabeled_libri \
+      --output-dir "${pair##*|}" --teacher-model "$teacher_dir" --teacher-epoch "$num_epochs" \
+      --teacher-avg "$avg" --bpe-model "$bpe_model" --beam "$nbest_beam" --nbest "$nbest"
+  done
+fi
+
+if [ "$stage" -le 10 ] && [ "$stop_stage" -ge 10 ]; then
+  log "Stage 10: students of three sizes, baseline and sequence-level KD"
+  for size in "${sizes[@]}"; do
+    name=student-${size%%|*}
+    read -r -a enc <<< "${size#*|}"
+    run torchrun $torchrun_opts --nproc-per-node "$num_gpus" train.py \
+      --exp-dir "$exp/$name-baseline" "${common_train_opts[@]}" "${enc[@]}" "${size_opts[@]}"
+    run torchrun $torchrun_opts --nproc-per-node "$num_gpus" train.py \
+      --exp-dir "$exp/$name-seq-kd" "${common_train_opts[@]}" "${enc[@]}" "${size_opts[@]}" \
+      --train-manifest-dir "$nbest_dir" "${seq_kd_opts[@]}"
+    if [ -n "$unlabeled_libri" ]; then
+      run torchrun $torchrun_opts --nproc-per-node "$num_gpus" train.py \
+        --exp-dir "$exp/$name-seq-kd-unlabeled" "${common_train_opts[@]}" "${enc[@]}" \
+        "${size_opts[@]}" --train-manifest-dir "$nbest_dir" "${seq_kd_opts[@]}" \
+        "${unlabeled_opts[@]}"
+    fi
+  done
+fi
+
+if [ "$stage" -le 11 ] && [ "$stop_stage" -ge 11 ]; then
+  log "Stage 11: the combined student (MVQ-KD + layer-wise KD + sequence-level KD)"
+  run torchrun $torchrun_opts --nproc-per-node "$num_gpus" train.py \
+    --exp-dir "$exp/$combined" "${common_train_opts[@]}" "${streaming_student[@]}" \
+    --train-manifest-dir "$data/mvq-nbest" --quantizer "$mvq/quantizer.pt" \
+    --codebook-loss-scale "$codebook_loss_scale" --kd-layer 8 "${layerwise_opts[@]}" \
+    "${seq_kd_opts[@]}" "${unlabeled_opts[@]}"
+fi
+
+if [ "$stage" -le 12 ] && [ "$stop_stage" -ge 12 ]; then
+  log "Stage 12: decode the students of stages 10-11"
+  decode_students $seq_students $combined
 fi
 
 log "Done: stages $stage..$stop_stage"
