@@ -465,6 +465,12 @@ class Trainer:
             )
         if cfg.frame_kd.runs_teacher or cfg.layerwise_kd.enabled:
             self.teacher = self._build_teacher()
+        if cfg.sequence_kd.enabled:
+            seq = cfg.sequence_kd
+            logging.info(
+                f"Sequence-level KD: the teacher's {seq.pseudo_labels} as pseudo labels "
+                f"({seq.weighting} weights), transcript weight {seq.ground_truth_weight}"
+            )
         frame_kd = self._build_frame_kd() if cfg.frame_kd.enabled else None
         layerwise_kd = self._build_layerwise_kd() if cfg.layerwise_kd.enabled else None
         model = TrainingModel(student, frame_kd, layerwise_kd).to(self.device)
