@@ -12,6 +12,7 @@ from mvq_kd.kd.layerwise import (
     cosine_loss,
     default_layer_map,
     relation_kl,
+    relation_loss,
 )
 from mvq_kd.model.encoder import valid_mask
 
@@ -60,6 +61,30 @@ def test_relation_kl_zero_for_identical_with_differing_head_counts():
     assert relation_kl(teacher, padded, lens, num_heads=2).item() == pytest.approx(0, abs=1e-5)
     with pytest.raises(ValueError, match="equal widths"):
         relation_kl(teacher, torch.randn(b, 4, t, 3), lens, num_heads=2)
+
+
+def test_relation_maps_are_recomputed_not_kept():
+    """The attention loss keeps no (B, H, T, T) map for the backward pass, and its
+    value and gradient are those of the plain computation."""
+    torch.manual_seed(0)
+    b, h, t, d = 2, 4, 50, 32
+    lens = torch.tensor([50, 41])
+    teacher = torch.randn(b, h, t, d // h)
+    student = torch.randn(b, 2, t, d // 2, requires_grad=True)
+    saved = []
+
+    def pack(x):
+        saved.append(x.numel())
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        loss = relation_loss(teacher, student, lens, h)
+    assert max(saved) < b * h * t * t  # only the inputs are kept
+    (grad,) = torch.autograd.grad(loss, student)
+    ref = relation_kl(teacher, student, lens, h)
+    (ref_grad,) = torch.autograd.grad(ref, student)
+    torch.testing.assert_close(loss, ref, rtol=0, atol=0)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("shift", [1, 3])
