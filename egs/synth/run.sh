@@ -7,6 +7,9 @@
 #   egs/synth/run.sh                       # everything above
 #   egs/synth/run.sh --kd-baselines true   # + the MVQ-KD paper's comparison (~100 min more)
 #   egs/synth/run.sh --layerwise true      # + the layer-wise KD students (~2.5 h more)
+#   egs/synth/run.sh --seq-kd true         # + sequence-level KD, students of three sizes
+#   egs/synth/run.sh --combined true       # + the students with all three families
+#   egs/synth/run.sh --all true            # the whole table of egs/synth/RESULTS.md
 #   egs/synth/run.sh --stage 5             # from the MVQ stages on
 #
 # Stages:
@@ -16,14 +19,21 @@
 #   3  decode both (student: simulated and true chunk-by-chunk streaming)
 #   4  rows of egs/synth/RESULTS.md
 #   5  ./prepare.sh stages 5-7: teacher layer-4 embeddings -> 8-byte quantizer -> codebook
-#      indexes (and fp16 embeddings) of every training cut, in data/synth/mvq
+#      indexes (and fp16 embeddings) of every training and unlabeled cut, in data/synth/mvq;
+#      with --seq-kd or --combined also stage 8: the teacher's 4-best lists of those cuts
+#      (data/synth/nbest) and of the MVQ cuts (data/synth/mvq-nbest)
 #   6  train the MVQ-KD streaming student (same size and epochs as the baseline);
 #      with --kd-baselines true also: streaming students with L2 regression of the
 #      stored embeddings and of the teacher run on the fly, and the non-streaming
 #      student baseline, MVQ-KD, stored-L2 and on-the-fly-L2;
 #      with --layerwise true also: streaming students with layer-wise KD from the
 #      teacher on the fly (connections 2-2 and 4-4): the ablations feature loss only,
-#      + attention relation, + APC, and all three with the train-unlabeled split
+#      + attention relation, + APC, and all three with the train-unlabeled split;
+#      with --seq-kd true also: non-streaming students of 4 x 128, 4 x 80 and 4 x 40 (2.1x,
+#      4.4x and 10.5x fewer parameters than the teacher), each as a baseline and trained on
+#      the teacher's N-best, and the smallest also with the train-unlabeled split;
+#      with --combined true also: the streaming and the non-streaming 4 x 128 student
+#      with MVQ-KD + layer-wise KD + sequence-level KD and the train-unlabeled split
 #   7  decode the students of stage 6 and write their rows of egs/synth/RESULTS.md
 set -euo pipefail
 
@@ -39,11 +49,19 @@ codebook_loss_scale=0.1 # MVQ-KD loss weight (icefall's)
 embedding_loss_scale=1  # L2 baselines' loss weight
 kd_baselines=false      # also train the stored / on-the-fly L2 and non-streaming students
 layerwise=false         # also train the layer-wise KD students
+seq_kd=false            # also train the sequence-level KD students
+combined=false          # also train the students with all three families
+all=false               # all of the above
+nbest_weighting=scores  # sequence-level KD: uniform | scores
+ground_truth_weight=0.5 # sequence-level KD: a labeled cut's transcript weight
 students=               # stages 6-7: only these experiments (e.g. "student-l2-stored")
 
 options="stage stop_stage teacher_epochs student_epochs avg nj exp kd_layer codebook_loss_scale
- embedding_loss_scale kd_baselines layerwise students"
+ embedding_loss_scale kd_baselines layerwise seq_kd combined all nbest_weighting ground_truth_weight
+ students"
 . "$(dirname "${BASH_SOURCE[0]}")/../../local/parse_options.sh" "$@"
+
+if [ "$all" = true ]; then kd_baselines=true; layerwise=true; seq_kd=true; combined=true; fi
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."   # the repository root
 python=${PYTHON:-python3}
@@ -76,6 +94,16 @@ feature="--feature-loss-scale 1"
 attention="--attention-loss-scale 0.1"
 apc="--apc-loss-scale 1 --apc-shift 2"
 unlabeled="--unlabeled-parts train-unlabeled --unlabeled-ratio 1"
+# Sequence-level KD: the teacher's 4-best of prepare.sh stage 8
+seq="--train-manifest-dir data/synth/nbest --pseudo-labels nbest --nbest-weighting $nbest_weighting
+  --ground-truth-weight $ground_truth_weight"
+size80="--num-encoder-layers 4 --encoder-dim 80 --num-heads 4 --feedforward-dim 320"
+size40="--num-encoder-layers 4 --encoder-dim 40 --num-heads 4 --feedforward-dim 160"
+# All three: cuts with codebook indexes and N-best lists, the teacher on the fly
+all_kd="--train-manifest-dir data/synth/mvq-nbest --quantizer $mvq/quantizer.pt
+  --kd-layer $kd_layer --codebook-loss-scale $codebook_loss_scale $layerwise_kd $feature
+  $attention $apc --pseudo-labels nbest --nbest-weighting $nbest_weighting
+  --ground-truth-weight $ground_truth_weight $unlabeled"
 
 train_cmd() {  # exp-name epochs options...: the single-line train.py command
   local name=$1 epochs=$2; shift 2
@@ -105,6 +133,7 @@ row() {  # exp-name epochs role method streaming(true|false) options...
 # The students of stages 6-7: exp-name|method|streaming|options (options on one line)
 mvq_kd=$(echo $mvq_kd); l2_stored=$(echo $l2_stored); l2_teacher=$(echo $l2_teacher)
 lw="$small $streaming $(echo $layerwise_kd)"
+seq=$(echo $seq); all_kd=$(echo $all_kd)
 kd_students=("student-mvq-kd|MVQ-KD|true|$small $streaming $mvq_kd")
 if [ "$kd_baselines" = true ]; then
   kd_students+=(
@@ -122,6 +151,23 @@ if [ "$layerwise" = true ]; then
     "student-layerwise-f1-a0.1|layer-wise (feature 1, attention 0.1)|true|$lw $feature $attention"
     "student-layerwise-f1-a0.1-apc1|layer-wise (feature 1, attention 0.1, APC 1)|true|$lw $feature $attention $apc"
     "student-layerwise-f1-a0.1-apc1-unlabeled|layer-wise + unlabeled (feature 1, attention 0.1, APC 1)|true|$lw $feature $attention $apc $unlabeled"
+  )
+fi
+if [ "$seq_kd" = true ]; then
+  [ "$kd_baselines" = true ] || kd_students+=("student-nonstreaming-baseline|baseline|false|$small")
+  kd_students+=(
+    "student-nonstreaming-4x80-baseline|baseline|false|$size80"
+    "student-nonstreaming-4x40-baseline|baseline|false|$size40"
+    "student-nonstreaming-seq-kd|sequence-level KD|false|$small $seq"
+    "student-nonstreaming-4x80-seq-kd|sequence-level KD|false|$size80 $seq"
+    "student-nonstreaming-4x40-seq-kd|sequence-level KD|false|$size40 $seq"
+    "student-nonstreaming-4x40-seq-kd-unlabeled|sequence-level KD + unlabeled|false|$size40 $seq $unlabeled"
+  )
+fi
+if [ "$combined" = true ]; then
+  kd_students+=(
+    "student-combined|MVQ-KD + layer-wise + sequence-level KD + unlabeled|true|$small $streaming $all_kd"
+    "student-nonstreaming-combined|MVQ-KD + layer-wise + sequence-level KD + unlabeled|false|$small $all_kd"
   )
 fi
 
@@ -169,6 +215,14 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
     --teacher-model $exp/teacher --teacher-epoch $teacher_epochs --teacher-avg $avg \
     --teacher-layer $teacher_layer --num-codebooks 8 --mvq-num-cuts 1500 \
     --store-embeddings true
+  if [ "$seq_kd" = true ] || [ "$combined" = true ]; then
+    log "Stage 5: the teacher's 4-best lists -> data/synth/nbest, data/synth/mvq-nbest"
+    for pair in "data/synth/fbank|data/synth/nbest" "$mvq|data/synth/mvq-nbest"; do
+      ./prepare.sh --corpus synth --vocab-size $vocab --stage 8 --stop-stage 8 \
+        --teacher-model $exp/teacher --teacher-epoch $teacher_epochs --teacher-avg $avg \
+        --nbest-beam 4 --nbest 4 --nbest-input-dir ${pair%%|*} --nbest-dir ${pair##*|}
+    done
+  fi
 fi
 
 if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
