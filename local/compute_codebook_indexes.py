@@ -42,8 +42,6 @@ def main() -> None:
         default="false",
         help="also store the fp16 teacher embeddings (L1/L2 baselines)",
     )
-    p.add_argument("--max-duration", type=float, default=100.0, help="seconds per batch")
-    p.add_argument("--device", default="auto")
     add_teacher_args(p)
     args = p.parse_args()
     setup_logging()

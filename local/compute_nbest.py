@@ -36,8 +36,6 @@ def main() -> None:
     p.add_argument("--bpe-model", type=Path, required=True, help="the teacher's BPE model")
     p.add_argument("--beam", type=int, default=4, help="modified beam search beam")
     p.add_argument("--nbest", type=int, default=4, help="hypotheses kept per cut (<= beam)")
-    p.add_argument("--max-duration", type=float, default=100.0, help="seconds per batch")
-    p.add_argument("--device", default="auto")
     add_shard_args(p)
     args = p.parse_args()
     setup_logging()

@@ -124,13 +124,15 @@ def ordered_batches(cuts: Iterable, max_duration: float) -> Iterator[List]:
 
 
 def add_shard_args(parser) -> None:
-    """The input, output and shard options of the sharded ``local/`` programs:
-    ``--manifest-dir``, ``--prefix``, ``--parts``, ``--output-dir``, ``--num-shards``,
-    ``--shard-indexes``."""
+    """The input, output, batch and shard options of the sharded ``local/`` programs:
+    ``--manifest-dir``, ``--prefix``, ``--parts``, ``--output-dir``, ``--max-duration``,
+    ``--device``, ``--num-shards``, ``--shard-indexes``."""
     parser.add_argument("--manifest-dir", type=Path, required=True)
     parser.add_argument("--prefix", default="librispeech")
     parser.add_argument("--parts", nargs="+", required=True)
     parser.add_argument("--output-dir", type=Path, required=True)
+    parser.add_argument("--max-duration", type=float, default=100.0, help="seconds per batch")
+    parser.add_argument("--device", default="auto", help="auto: this rank's GPU, else the CPU")
     parser.add_argument(
         "--num-shards",
         type=int,
