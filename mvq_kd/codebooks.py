@@ -17,6 +17,7 @@ its own HDF5 file, then its manifest.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -158,17 +159,19 @@ def compute_codebook_indexes(
         True when every shard is done and ``out_manifest`` is written.
     """
     quantizer = Quantizer.load(quantizer_path).to(device)
-    teacher: List[Teacher] = []  # built on the first unfinished shard
+
+    @functools.cache
+    def teacher() -> Teacher:  # built on the first unfinished shard
+        built = spec.build(device)
+        if built.dim != quantizer.dim:
+            raise ValueError(
+                f"Teacher layer {spec.layer} of {spec.model} has dim {built.dim}, the "
+                f"quantizer {quantizer_path} expects {quantizer.dim}"
+            )
+        return built
 
     def compute(cuts: CutSet, shard: Shard) -> None:
-        if not teacher:
-            teacher.append(spec.build(device))
-            if teacher[0].dim != quantizer.dim:
-                raise ValueError(
-                    f"Teacher layer {spec.layer} of {spec.model} has dim {teacher[0].dim}, the "
-                    f"quantizer {quantizer_path} expects {quantizer.dim}"
-                )
-        _compute_shard(teacher[0], quantizer, cuts, shard, store_embeddings, max_duration, device)
+        _compute_shard(teacher(), quantizer, cuts, shard, store_embeddings, max_duration, device)
 
     done = map_shards(cuts_path, out_manifest, compute, num_shards, shards)
     if done:
@@ -187,8 +190,7 @@ def _compute_shard(
 ) -> None:
     qid = quantizer.id
     out_cuts = []
-    h5_path = shard.stem.with_name(shard.stem.name + ".h5")
-    tmp_h5 = shard.stem.with_name(shard.stem.name + ".partial.h5")
+    h5_path, tmp_h5 = shard.file(".h5"), shard.file(".partial.h5")
     tmp_h5.unlink(missing_ok=True)
     with (
         NumpyHdf5Writer(tmp_h5) as writer,

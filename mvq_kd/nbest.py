@@ -17,6 +17,7 @@ sum to one (uniform, or the teacher's posterior renormalised over the list).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -120,21 +121,23 @@ def compute_nbest(
 
     from mvq_kd.evaluate import load_model
 
-    model = []  # loaded on the first unfinished shard
     sp = spm.SentencePieceProcessor(model_file=str(cfg.bpe_model))
 
+    @functools.cache
+    def teacher():  # loaded on the first unfinished shard
+        model = load_model(cfg.exp_dir, cfg.epoch, cfg.avg, device)[0]
+        if model.config.vocab_size != sp.vocab_size():
+            raise ValueError(
+                f"BPE model {cfg.bpe_model} has {sp.vocab_size()} tokens, the teacher "
+                f"{cfg.exp_dir} {model.config.vocab_size}: give the teacher's BPE model"
+            )
+        return model
+
     def compute(cuts: CutSet, shard: Shard) -> None:
-        if not model:
-            model.append(load_model(cfg.exp_dir, cfg.epoch, cfg.avg, device)[0])
-            if model[0].config.vocab_size != sp.vocab_size():
-                raise ValueError(
-                    f"BPE model {cfg.bpe_model} has {sp.vocab_size()} tokens, the teacher "
-                    f"{cfg.exp_dir} {model[0].config.vocab_size}: give the teacher's BPE model"
-                )
         out_cuts = []
         with tqdm(total=len(cuts), desc=f"N-best {shard.desc}", unit="cut") as bar:
             for batch in ordered_batches(cuts, cfg.max_duration):
-                for cut, hyps in zip(batch, _decode(model[0], batch, cfg, device)):
+                for cut, hyps in zip(batch, _decode(teacher(), batch, cfg, device)):
                     out_cuts.append(_with_nbest(cut, hyps, sp, cfg))
                 bar.update(len(batch))
         with atomic_path(shard.manifest) as tmp:

@@ -33,18 +33,21 @@ class Shard:
     Attributes:
         index: 0-based shard index.
         num_shards: shards of the manifest.
-        manifest: the shard's output manifest (write it last, e.g. with ``atomic_path``).
-        stem: path prefix for the shard's data files (e.g. ``<stem>.h5``).
+        stem: path prefix of the shard's files (e.g. ``<stem>.h5``).
     """
 
     index: int
     num_shards: int
-    manifest: Path
     stem: Path
 
     def file(self, suffix: str) -> Path:
-        """A data file of the shard: ``<stem><suffix>``."""
+        """A file of the shard: ``<stem><suffix>``."""
         return self.stem.with_name(self.stem.name + suffix)
+
+    @property
+    def manifest(self) -> Path:
+        """The shard's output manifest (write it last, e.g. with ``atomic_path``)."""
+        return self.file(".jsonl.gz")
 
     @property
     def desc(self) -> str:
@@ -54,8 +57,7 @@ class Shard:
 def shard_of(out_manifest: Path, index: int, num_shards: int) -> Shard:
     """Shard ``index`` of ``out_manifest``: its files go to ``<stem>-shards/``."""
     name = out_manifest.name.replace(".jsonl.gz", "")
-    stem = out_manifest.parent / f"{name}-shards" / f"{name}.{index}"
-    return Shard(index, num_shards, stem.with_name(f"{stem.name}.jsonl.gz"), stem)
+    return Shard(index, num_shards, out_manifest.parent / f"{name}-shards" / f"{name}.{index}")
 
 
 def map_shards(
@@ -92,7 +94,7 @@ def map_shards(
             raise ValueError(f"shard index {index} outside 0..{num_shards - 1}")
         shard = shard_of(out_manifest, index, num_shards)
         if shard.manifest.is_file():
-            logging.info(f"Shard {shard.index + 1}/{num_shards} done already ({shard.manifest})")
+            logging.info(f"{shard.desc} done already ({shard.manifest})")
             continue
         shard.manifest.parent.mkdir(parents=True, exist_ok=True)
         lo, hi = int(bounds[index]), int(bounds[index + 1])
