@@ -1,6 +1,8 @@
 """The recipes' commands: every train.py / decode.py command that
-egs/librispeech/run.sh prints (--dry-run) parses with the programs' own options."""
+egs/librispeech/run.sh prints (--dry-run) parses with the programs' own options; every
+train.py command of egs/synth/run.sh parses, and an interrupted training resumes."""
 
+import os
 import shlex
 import subprocess
 
@@ -35,3 +37,45 @@ def test_librispeech_commands_parse():
     for option in ("--codebook-loss-scale", "--feature-loss-scale", "--pseudo-labels",
                    "--unlabeled-parts"):  # fmt: skip
         assert option in combined
+
+
+def synth_run(exp, *args) -> str:
+    """egs/synth/run.sh with ``echo`` as the Python interpreter: each training writes its
+    command line to ``<exp>/<name>/train.log`` instead of running."""
+    return subprocess.run(
+        ["bash", "egs/synth/run.sh", "--exp", str(exp), *args],
+        cwd=REPO, capture_output=True, text=True, check=True, env=dict(os.environ, PYTHON="echo"),
+    ).stdout  # fmt: skip
+
+
+def test_synth_commands_parse(tmp_path):
+    synth_run(tmp_path, "--stage", "1", "--stop-stage", "2")
+    synth_run(tmp_path, "--stage", "6", "--stop-stage", "6", "--all", "true")
+    parser = train_cli.get_parser()
+    logs = sorted(tmp_path.glob("*/train.log"))
+    # Teacher, streaming baseline, MVQ-KD, 6 frame-level baselines, 4 layer-wise,
+    # 6 sequence-level, 2 combined.
+    assert len(logs) == 2 + 1 + 6 + 4 + 6 + 2
+    for log in logs:
+        (cmd,) = [shlex.split(line) for line in log.read_text().splitlines()]
+        args = parser.parse_args(cmd[1:])  # exits on an unknown option
+        assert args.exp_dir == tmp_path / log.parent.name
+        assert args.num_epochs == 10 and args.start_epoch == 1
+
+
+def test_synth_training_resumes_after_last_epoch(tmp_path):
+    teacher = tmp_path / "teacher"
+    stage1 = ("--stage", "1", "--stop-stage", "1")
+    synth_run(tmp_path, *stage1)
+    first = (teacher / "train.log").read_text()
+    assert "--start-epoch" not in first
+    for n in (1, 2, 3):  # an interrupted run: epochs 1-3 saved
+        (teacher / f"epoch-{n}.pt").touch()
+    out = synth_run(tmp_path, *stage1)
+    assert f"resuming after {teacher}/epoch-3.pt" in out
+    lines = (teacher / "train.log").read_text().splitlines()
+    assert lines[0] == first.strip()  # appended, not overwritten
+    assert lines[1] == first.strip() + " --start-epoch 4"
+    (teacher / "epoch-10.pt").touch()
+    assert "teacher is trained, skipping" in synth_run(tmp_path, *stage1)
+    assert len((teacher / "train.log").read_text().splitlines()) == 2

@@ -109,13 +109,22 @@ train_cmd() {  # exp-name epochs options...: the single-line train.py command
   local name=$1 epochs=$2; shift 2
   echo ./train.py --exp-dir $exp/$name --num-epochs $epochs $* $common
 }
-train() {  # exp-name epochs options...; skipped when epoch-<epochs>.pt exists
-  local cmd; cmd=$(train_cmd "$@")
+train() {  # exp-name epochs options...; skipped when epoch-<epochs>.pt exists,
+           # resumed after the last epoch-N.pt of an interrupted run
+  local cmd last=0 n; cmd=$(train_cmd "$@")
   if [ -f $exp/$1/epoch-$2.pt ]; then
     log "$exp/$1/epoch-$2.pt exists: $1 is trained, skipping"; return
   fi
+  for ((n = $2 - 1; n >= 1; n--)); do
+    if [ -f $exp/$1/epoch-$n.pt ]; then last=$n; break; fi
+  done
   mkdir -p $exp/$1
-  $python $cmd 2>&1 | tee $exp/$1/train.log
+  if [ $last -gt 0 ]; then
+    log "$1: resuming after $exp/$1/epoch-$last.pt (log appended to $exp/$1/train.log)"
+    $python $cmd --start-epoch $((last + 1)) 2>&1 | tee -a $exp/$1/train.log
+  else
+    $python $cmd 2>&1 | tee $exp/$1/train.log
+  fi
 }
 decode() {  # exp-name epochs [decode.py options]
   local name=$1 epochs=$2; shift 2
