@@ -39,13 +39,15 @@ def test_librispeech_commands_parse():
         assert option in combined
 
 
-def synth_run(exp, *args) -> str:
+def synth_run(exp, *args, python="echo", check=True) -> subprocess.CompletedProcess:
     """egs/synth/run.sh with ``echo`` as the Python interpreter: each training writes its
     command line to ``<exp>/<name>/train.log`` instead of running."""
+    env = dict(os.environ, PYTHON=python)
+    env.pop("OMP_NUM_THREADS", None)
     return subprocess.run(
         ["bash", "egs/synth/run.sh", "--exp", str(exp), *args],
-        cwd=REPO, capture_output=True, text=True, check=True, env=dict(os.environ, PYTHON="echo"),
-    ).stdout  # fmt: skip
+        cwd=REPO, capture_output=True, text=True, check=check, env=env,
+    )  # fmt: skip
 
 
 def test_synth_commands_parse(tmp_path):
@@ -71,11 +73,27 @@ def test_synth_training_resumes_after_last_epoch(tmp_path):
     assert "--start-epoch" not in first
     for n in (1, 2, 3):  # an interrupted run: epochs 1-3 saved
         (teacher / f"epoch-{n}.pt").touch()
-    out = synth_run(tmp_path, *stage1)
+    out = synth_run(tmp_path, *stage1).stdout
     assert f"resuming after {teacher}/epoch-3.pt" in out
     lines = (teacher / "train.log").read_text().splitlines()
     assert lines[0] == first.strip()  # appended, not overwritten
     assert lines[1] == first.strip() + " --start-epoch 4"
     (teacher / "epoch-10.pt").touch()
-    assert "teacher is trained, skipping" in synth_run(tmp_path, *stage1)
+    assert "teacher is trained, skipping" in synth_run(tmp_path, *stage1).stdout
     assert len((teacher / "train.log").read_text().splitlines()) == 2
+
+
+def test_synth_students_train_in_parallel_jobs(tmp_path):
+    stub = tmp_path / "python"  # records its arguments and thread count, takes a while
+    stub.write_text('#!/usr/bin/env bash\necho "$* threads=$OMP_NUM_THREADS"; sleep 0.5\n')
+    stub.chmod(0o755)
+    args = ("--stage", "6", "--stop-stage", "6", "--seq-kd", "true", "--train-jobs", "2")
+    out = synth_run(tmp_path / "exp", *args, python=str(stub)).stdout
+    assert out.count("in the background, one thread") == 8  # MVQ-KD + 7
+    logs = sorted((tmp_path / "exp").glob("*/train.log"))
+    assert len(logs) == 8
+    assert all(log.read_text().strip().endswith("threads=1") for log in logs)
+
+    stub.write_text("#!/usr/bin/env bash\nexit 3\n")  # a failing training stops the stage
+    proc = synth_run(tmp_path / "exp2", *args, python=str(stub), check=False)
+    assert proc.returncode != 0 and "Done" not in proc.stdout
