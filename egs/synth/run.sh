@@ -114,20 +114,18 @@ train_cmd() {  # exp-name epochs options...: the single-line train.py command
 }
 train() {  # exp-name epochs options...; skipped when epoch-<epochs>.pt exists,
            # resumed after the last epoch-N.pt of an interrupted run
-  local cmd last=0 n; cmd=$(train_cmd "$@")
+  local cmd n resume=() append=(); cmd=$(train_cmd "$@")
   if [ -f $exp/$1/epoch-$2.pt ]; then
     log "$exp/$1/epoch-$2.pt exists: $1 is trained, skipping"; return
   fi
   for ((n = $2 - 1; n >= 1; n--)); do
-    if [ -f $exp/$1/epoch-$n.pt ]; then last=$n; break; fi
+    if [ -f $exp/$1/epoch-$n.pt ]; then
+      log "$1: resuming after $exp/$1/epoch-$n.pt (log appended to $exp/$1/train.log)"
+      resume=(--start-epoch $((n + 1))); append=(-a); break
+    fi
   done
   mkdir -p $exp/$1
-  if [ $last -gt 0 ]; then
-    log "$1: resuming after $exp/$1/epoch-$last.pt (log appended to $exp/$1/train.log)"
-    $python $cmd --start-epoch $((last + 1)) 2>&1 | tee -a $exp/$1/train.log
-  else
-    $python $cmd 2>&1 | tee $exp/$1/train.log
-  fi
+  $python $cmd "${resume[@]}" 2>&1 | tee "${append[@]}" $exp/$1/train.log
 }
 decode() {  # exp-name epochs [decode.py options]
   local name=$1 epochs=$2; shift 2
