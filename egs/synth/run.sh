@@ -35,7 +35,8 @@
 #      4.4x and 10.5x fewer parameters than the teacher), each as a baseline and trained on
 #      the teacher's N-best, and the smallest also with the train-unlabeled split;
 #      with --combined true also: the streaming and the non-streaming 4 x 128 student
-#      with MVQ-KD + layer-wise KD + sequence-level KD and the train-unlabeled split
+#      with MVQ-KD + layer-wise KD + sequence-level KD (labeled cuts only: the 1:1
+#      train-unlabeled split would double each epoch)
 #   7  decode the students of stage 6 and write their rows of egs/synth/RESULTS.md
 set -euo pipefail
 
@@ -106,7 +107,7 @@ size40="--num-encoder-layers 4 --encoder-dim 40 --num-heads 4 --feedforward-dim 
 all_kd="--train-manifest-dir data/synth/mvq-nbest --quantizer $mvq/quantizer.pt
   --kd-layer $kd_layer --codebook-loss-scale $codebook_loss_scale $layerwise_kd $feature
   $attention $apc --pseudo-labels nbest --nbest-weighting $nbest_weighting
-  --ground-truth-weight $ground_truth_weight $unlabeled"
+  --ground-truth-weight $ground_truth_weight"
 
 train_cmd() {  # exp-name epochs options...: the single-line train.py command
   local name=$1 epochs=$2; shift 2
@@ -176,8 +177,8 @@ if [ "$seq_kd" = true ]; then
 fi
 if [ "$combined" = true ]; then
   kd_students+=(
-    "student-combined|MVQ-KD + layer-wise + sequence-level KD + unlabeled|true|$small $streaming $all_kd"
-    "student-nonstreaming-combined|MVQ-KD + layer-wise + sequence-level KD + unlabeled|false|$small $all_kd"
+    "student-combined|MVQ-KD + layer-wise + sequence-level KD|true|$small $streaming $all_kd"
+    "student-nonstreaming-combined|MVQ-KD + layer-wise + sequence-level KD|false|$small $all_kd"
   )
 fi
 
