@@ -54,7 +54,9 @@ def make_row(
     if not summary_path.is_file():
         raise FileNotFoundError(f"No {summary_path}: training did not finish")
     summary = json.loads(summary_path.read_text())
-    if "distillation" in summary and (summary["distillation"] is None) != (method == "baseline"):
+    # "baseline" or a qualified one ("baseline (seed 43)"); every other method distils.
+    is_baseline = method == "baseline" or method.startswith("baseline (")
+    if "distillation" in summary and (summary["distillation"] is None) != is_baseline:
         raise ValueError(
             f"{exp_dir} was trained {'without' if summary['distillation'] is None else 'with'} "
             f"distillation ({summary['distillation']}) but the row says method {method!r}"

@@ -115,9 +115,14 @@ def test_method_must_match_the_trained_distillation(tmp_path):
     with pytest.raises(ValueError, match="trained without distillation .* method 'MVQ-KD'"):
         main(args + ["MVQ-KD"])
     main(args + ["baseline"])
+    main(args + ["baseline (seed 43)"])
+    with pytest.raises(ValueError, match="trained without distillation"):
+        main(args + ["baseline-like"])
     kd = {"codebook_loss_scale": 0.1}
     (exp / "train-summary.json").write_text(json.dumps({**summary, "distillation": kd}))
     with pytest.raises(ValueError, match="trained with distillation"):
         main(args + ["baseline"])
+    with pytest.raises(ValueError, match="trained with distillation"):
+        main(args + ["baseline (seed 43)"])
     main(args + ["MVQ-KD"])
     assert "| student | MVQ-KD | yes |" in results.read_text()
