@@ -57,12 +57,13 @@ combined=false          # also train the students with all three families
 all=false               # all of the above
 nbest_weighting=scores  # sequence-level KD: uniform | scores
 ground_truth_weight=0.5 # sequence-level KD: a labeled cut's transcript weight
+combined_ground_truth_weight=0.8  # the same in the combined students
 students=               # stages 6-7: only these experiments (e.g. "student-l2-stored")
 train_jobs=1            # stage 6: students trained at once, one thread each (2 cores: 2)
 
 options="stage stop_stage teacher_epochs student_epochs avg nj exp kd_layer codebook_loss_scale
  embedding_loss_scale kd_baselines layerwise seq_kd combined all nbest_weighting ground_truth_weight
- students train_jobs"
+ combined_ground_truth_weight students train_jobs"
 . "$(dirname "${BASH_SOURCE[0]}")/../../local/parse_options.sh" "$@"
 
 if [ "$all" = true ]; then kd_baselines=true; layerwise=true; seq_kd=true; combined=true; fi
@@ -109,7 +110,8 @@ size40="--num-encoder-layers 4 --encoder-dim 40 --num-heads 4 --feedforward-dim 
 all_kd="--train-manifest-dir data/synth/mvq-nbest --quantizer $mvq/quantizer.pt
   --kd-layer $kd_layer --codebook-loss-scale $codebook_loss_scale $layerwise_kd
   --feature-loss-scale 0.1 --attention-loss-scale 0.01 --apc-loss-scale 0.1 --apc-shift 2
-  --pseudo-labels nbest --nbest-weighting $nbest_weighting --ground-truth-weight 0.8"
+  --pseudo-labels nbest --nbest-weighting $nbest_weighting
+  --ground-truth-weight $combined_ground_truth_weight"
 
 train_cmd() {  # exp-name epochs options...: the single-line train.py command
   local name=$1 epochs=$2; shift 2
@@ -179,8 +181,8 @@ if [ "$seq_kd" = true ]; then
 fi
 if [ "$combined" = true ]; then
   kd_students+=(
-    "student-combined-light|MVQ-KD + layer-wise 0.1x + sequence-level KD (ground truth 0.8)|true|$small $streaming $all_kd"
-    "student-nonstreaming-combined-light|MVQ-KD + layer-wise 0.1x + sequence-level KD (ground truth 0.8)|false|$small $all_kd"
+    "student-combined-light|MVQ-KD + layer-wise 0.1x + sequence-level KD (ground truth $combined_ground_truth_weight)|true|$small $streaming $all_kd"
+    "student-nonstreaming-combined-light|MVQ-KD + layer-wise 0.1x + sequence-level KD (ground truth $combined_ground_truth_weight)|false|$small $all_kd"
   )
 fi
 
