@@ -35,8 +35,9 @@
 #      4.4x and 10.5x fewer parameters than the teacher), each as a baseline and trained on
 #      the teacher's N-best, and the smallest also with the train-unlabeled split;
 #      with --combined true also: the streaming and the non-streaming 4 x 128 student
-#      with MVQ-KD + layer-wise KD (0.1x) + sequence-level KD (labeled cuts only: the 1:1
-#      train-unlabeled split would double each epoch)
+#      with MVQ-KD + layer-wise KD (0.1x) + sequence-level KD, and the same two with
+#      on-the-fly L2 in place of MVQ-KD (labeled cuts only: the 1:1 train-unlabeled split
+#      would double each epoch)
 #   7  decode the students of stage 6 and write their rows of egs/synth/RESULTS.md
 set -euo pipefail
 
@@ -107,11 +108,14 @@ size40="--num-encoder-layers 4 --encoder-dim 40 --num-heads 4 --feedforward-dim 
 # All three: cuts with codebook indexes and N-best lists, the teacher on the fly. The
 # layer-wise weights at 0.1x and the transcript at 0.8: at the weights of each family alone
 # (feature 1, attention 0.1, APC 1, transcript 0.5) the combination measured worse (RESULTS).
-all_kd="--train-manifest-dir data/synth/mvq-nbest --quantizer $mvq/quantizer.pt
-  --kd-layer $kd_layer --codebook-loss-scale $codebook_loss_scale $layerwise_kd
-  --feature-loss-scale 0.1 --attention-loss-scale 0.01 --apc-loss-scale 0.1 --apc-shift 2
+light="--feature-loss-scale 0.1 --attention-loss-scale 0.01 --apc-loss-scale 0.1 --apc-shift 2
   --pseudo-labels nbest --nbest-weighting $nbest_weighting
   --ground-truth-weight $combined_ground_truth_weight"
+all_kd="--train-manifest-dir data/synth/mvq-nbest --quantizer $mvq/quantizer.pt
+  --kd-layer $kd_layer --codebook-loss-scale $codebook_loss_scale $layerwise_kd $light"
+# The same with on-the-fly L2 regression of the teacher's layer in place of the codebook
+# loss (the teacher already runs on the fly for the layer-wise losses): cuts with N-best only
+all_kd_l2="--train-manifest-dir data/synth/nbest $l2_teacher --layerwise-connections 2 $light"
 
 train_cmd() {  # exp-name epochs options...: the single-line train.py command
   local name=$1 epochs=$2; shift 2
@@ -148,7 +152,7 @@ row() {  # exp-name epochs role method streaming(true|false) options...
 # The students of stages 6-7: exp-name|method|streaming|options (options on one line)
 mvq_kd=$(echo $mvq_kd); l2_stored=$(echo $l2_stored); l2_teacher=$(echo $l2_teacher)
 lw="$small $streaming $(echo $layerwise_kd)"
-seq=$(echo $seq); all_kd=$(echo $all_kd)
+seq=$(echo $seq); all_kd=$(echo $all_kd); all_kd_l2=$(echo $all_kd_l2)
 kd_students=("student-mvq-kd|MVQ-KD|true|$small $streaming $mvq_kd")
 if [ "$kd_baselines" = true ]; then
   kd_students+=(
@@ -183,6 +187,8 @@ if [ "$combined" = true ]; then
   kd_students+=(
     "student-combined-light|MVQ-KD + layer-wise 0.1x + sequence-level KD (ground truth $combined_ground_truth_weight)|true|$small $streaming $all_kd"
     "student-nonstreaming-combined-light|MVQ-KD + layer-wise 0.1x + sequence-level KD (ground truth $combined_ground_truth_weight)|false|$small $all_kd"
+    "student-combined-l2-light|L2 on the fly + layer-wise 0.1x + sequence-level KD (ground truth $combined_ground_truth_weight)|true|$small $streaming $all_kd_l2"
+    "student-nonstreaming-combined-l2-light|L2 on the fly + layer-wise 0.1x + sequence-level KD (ground truth $combined_ground_truth_weight)|false|$small $all_kd_l2"
   )
 fi
 
