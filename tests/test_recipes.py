@@ -103,3 +103,13 @@ def test_synth_students_train_in_parallel_jobs(tmp_path):
     stub.write_text("#!/usr/bin/env bash\nexit 3\n")  # a failing training stops the stage
     proc = synth_run(tmp_path / "exp2", *args, python=str(stub), check=False)
     assert proc.returncode != 0 and "Done" not in proc.stdout
+
+
+def test_synth_students_again_from_another_teacher_checkpoint(tmp_path):
+    synth_run(tmp_path, "--stage", "6", "--stop-stage", "6", "--combined", "true",
+              "--teacher-epochs", "20", "--exp-suffix", "-teacher-epoch20",
+              "--students", "student-combined-l2-light")  # fmt: skip
+    (log,) = tmp_path.glob("*/train.log")
+    assert log.parent.name == "student-combined-l2-light-teacher-epoch20"
+    args = train_cli.get_parser().parse_args(shlex.split(log.read_text())[1:])
+    assert args.exp_dir == log.parent and args.teacher_epoch == 20

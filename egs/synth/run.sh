@@ -11,6 +11,9 @@
 #   egs/synth/run.sh --combined true       # + the students with all three families
 #   egs/synth/run.sh --all true            # the whole table of egs/synth/RESULTS.md
 #   egs/synth/run.sh --stage 5             # from the MVQ stages on
+#   egs/synth/run.sh --stage 6 --stop-stage 7 --teacher-epochs 20 --exp-suffix -teacher-epoch20
+#                                          # students again from another teacher checkpoint,
+#                                          # in their own folders and RESULTS rows
 #
 # Stages:
 #   0  ./prepare.sh on the synthetic corpus (BPE vocabulary 64, training noise)
@@ -61,10 +64,11 @@ ground_truth_weight=0.5 # sequence-level KD: a labeled cut's transcript weight
 combined_ground_truth_weight=0.8  # the same in the combined students
 students=               # stages 6-7: only these experiments (e.g. "student-l2-stored")
 train_jobs=1            # stage 6: students trained at once, one thread each (2 cores: 2)
+exp_suffix=             # stages 6-7: appended to every student's folder (and RESULTS row) name
 
 options="stage stop_stage teacher_epochs student_epochs avg nj exp kd_layer codebook_loss_scale
  embedding_loss_scale kd_baselines layerwise seq_kd combined all nbest_weighting ground_truth_weight
- combined_ground_truth_weight students train_jobs"
+ combined_ground_truth_weight students train_jobs exp_suffix"
 . "$(dirname "${BASH_SOURCE[0]}")/../../local/parse_options.sh" "$@"
 
 if [ "$all" = true ]; then kd_baselines=true; layerwise=true; seq_kd=true; combined=true; fi
@@ -249,6 +253,7 @@ fi
 if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   for s in "${kd_students[@]}"; do
     IFS='|' read -r name method is_streaming opts <<< "$s"
+    name=$name$exp_suffix
     if [ "$train_jobs" -le 1 ]; then
       log "Stage 6: $name ($method)"
       train $name $student_epochs $opts
@@ -264,6 +269,7 @@ fi
 if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
   for s in "${kd_students[@]}"; do
     IFS='|' read -r name method is_streaming opts <<< "$s"
+    name=$name$exp_suffix
     log "Stage 7: decoding $name"
     decode $name $student_epochs
     row $name $student_epochs student "$method" $is_streaming $opts
