@@ -241,7 +241,8 @@ def add_kd_args(p: argparse.ArgumentParser) -> None:
         "--ground-truth-weight",
         type=float,
         default=sc.ground_truth_weight,
-        help="a labeled cut's transcript weight beside its pseudo labels (0: pseudo labels only)",
+        help="a labeled cut's transcript weight beside its pseudo labels (0: pseudo labels only; "
+        "1: the transcript alone, the pseudo labels train only the --unlabeled-parts)",
     )
     u = p.add_argument_group("unlabeled audio (layer-wise, on-the-fly and sequence-level KD)")
     u.add_argument(

@@ -467,6 +467,12 @@ class Trainer:
             self.teacher = self._build_teacher()
         if cfg.sequence_kd.enabled:
             seq = cfg.sequence_kd
+            if seq.ground_truth_weight == 1.0 and not cfg.data.unlabeled_cuts:
+                raise ValueError(
+                    "--ground-truth-weight 1 keeps the labeled cuts on their transcripts "
+                    "alone: the pseudo labels would train nothing without --unlabeled-parts "
+                    "(give unlabeled cuts, a weight below 1, or --pseudo-labels none)"
+                )
             logging.info(
                 f"Sequence-level KD: the teacher's {seq.pseudo_labels} as pseudo labels "
                 f"({seq.weighting} weights), transcript weight {seq.ground_truth_weight}"

@@ -56,14 +56,20 @@ def test_synth_commands_parse(tmp_path):
     parser = train_cli.get_parser()
     logs = sorted(tmp_path.glob("*/train.log"))
     # Teacher, streaming baseline, MVQ-KD, 6 frame-level baselines, 4 layer-wise,
-    # 6 sequence-level, 4 combined (MVQ-KD or L2, streaming or not).
-    assert len(logs) == 2 + 1 + 6 + 4 + 6 + 4
+    # 6 sequence-level, 6 combined (MVQ-KD or L2 + layer-wise + sequence-level, L2 +
+    # sequence-level on the unlabeled split; streaming or not).
+    assert len(logs) == 2 + 1 + 6 + 4 + 6 + 6
     for log in logs:
         (cmd,) = [shlex.split(line) for line in log.read_text().splitlines()]
         args = parser.parse_args(cmd[1:])  # exits on an unknown option
         assert args.exp_dir == tmp_path / log.parent.name
         assert args.num_epochs == 10 and args.start_epoch == 1
-        if "combined" in log.parent.name:  # all three families in one run
+        if log.parent.name.endswith("combined-l2-unlabeled"):  # pseudo labels: unlabeled only
+            assert args.pseudo_labels == "nbest" and args.ground_truth_weight == 1
+            assert args.unlabeled_parts == ["train-unlabeled"]
+            assert args.embedding_source == "teacher" and args.feature_loss_scale == 0
+            assert args.attention_loss_scale == args.apc_loss_scale == 0  # no layer-wise KD
+        elif "combined" in log.parent.name:  # all three families in one run
             assert args.pseudo_labels == "nbest" and args.layerwise_connections == 2
             if "combined-l2" in log.parent.name:
                 assert args.embedding_source == "teacher" and args.quantizer is None

@@ -45,8 +45,9 @@ def seq_config(tiny_data, nbest_dir, exp_dir, sequence_kd, unlabeled=True, **kw)
         SequenceKdConfig("nbest", "uniform"),
         SequenceKdConfig("nbest", "scores"),
         SequenceKdConfig("nbest", "scores", ground_truth_weight=0.3),
+        SequenceKdConfig("nbest", "scores", ground_truth_weight=1.0),
     ],
-    ids=["1best", "uniform", "scores", "scores+gt"],
+    ids=["1best", "uniform", "scores", "scores+gt", "gt-alone-when-labeled"],
 )
 def test_targets_weights_sum_to_one(nbest_dir, cfg):
     for part in PARTS:
@@ -56,6 +57,8 @@ def test_targets_weights_sum_to_one(nbest_dir, cfg):
             hyps = [h["text"] for h in cut_nbest(cut)]
             text = cut.supervisions[0].text
             expected = hyps[:1] if cfg.pseudo_labels == "1best" else hyps
+            if text is not None and cfg.ground_truth_weight == 1.0:
+                expected = []  # the transcript alone: no pseudo label of a labeled cut
             if text is not None and cfg.ground_truth_weight:
                 assert targets[0] == (text, cfg.ground_truth_weight)
                 expected = [text] + expected
@@ -116,3 +119,9 @@ def test_training_on_pseudo_labels_with_unlabeled_cuts(tiny_data, nbest_dir, tmp
     # Unlabeled cuts need pseudo labels (or a teacher on the fly).
     with pytest.raises(ValueError, match="unlabeled cuts only train on pseudo labels"):
         Trainer(seq_config(tiny_data, nbest_dir, tmp_path / "x", SequenceKdConfig()))
+    # Transcripts alone on labeled cuts: the pseudo labels need unlabeled cuts to train.
+    gt_alone = SequenceKdConfig("nbest", "scores", ground_truth_weight=1.0)
+    with pytest.raises(ValueError, match="would train nothing without --unlabeled-parts"):
+        Trainer(seq_config(tiny_data, nbest_dir, tmp_path / "y", gt_alone, unlabeled=False))
+    with pytest.raises(ValueError, match=r"ground_truth_weight must be in \[0, 1\]"):
+        SequenceKdConfig("nbest", ground_truth_weight=1.5)

@@ -40,7 +40,8 @@
 #      with --combined true also: the streaming and the non-streaming 4 x 128 student
 #      with MVQ-KD + layer-wise KD (0.1x) + sequence-level KD, and the same two with
 #      on-the-fly L2 in place of MVQ-KD (labeled cuts only: the 1:1 train-unlabeled split
-#      would double each epoch)
+#      would double each epoch), and the two with on-the-fly L2 on every cut and the
+#      teacher's 4-best as the labels of train-unlabeled (transcripts alone on labeled cuts)
 #   7  decode the students of stage 6 and write their rows of egs/synth/RESULTS.md
 set -euo pipefail
 
@@ -120,6 +121,12 @@ all_kd="--train-manifest-dir data/synth/mvq-nbest --quantizer $mvq/quantizer.pt
 # The same with on-the-fly L2 regression of the teacher's layer in place of the codebook
 # loss (the teacher already runs on the fly for the layer-wise losses): cuts with N-best only
 all_kd_l2="--train-manifest-dir data/synth/nbest $l2_teacher --layerwise-connections 2 $light"
+# On-the-fly L2 on every cut + sequence-level KD on the unlabeled split: the labeled cuts
+# keep their transcripts alone (--ground-truth-weight 1), the cuts of train-unlabeled train
+# on the teacher's 4-best (twice the audio per epoch; no layer-wise branches, which would
+# double it again)
+l2_seq_unlabeled="--train-manifest-dir data/synth/nbest $l2_teacher --pseudo-labels nbest
+  --nbest-weighting $nbest_weighting --ground-truth-weight 1 $unlabeled"
 
 train_cmd() {  # exp-name epochs options...: the single-line train.py command
   local name=$1 epochs=$2; shift 2
@@ -157,6 +164,7 @@ row() {  # exp-name epochs role method streaming(true|false) options...
 mvq_kd=$(echo $mvq_kd); l2_stored=$(echo $l2_stored); l2_teacher=$(echo $l2_teacher)
 lw="$small $streaming $(echo $layerwise_kd)"
 seq=$(echo $seq); all_kd=$(echo $all_kd); all_kd_l2=$(echo $all_kd_l2)
+l2_seq_unlabeled=$(echo $l2_seq_unlabeled)
 kd_students=("student-mvq-kd|MVQ-KD|true|$small $streaming $mvq_kd")
 if [ "$kd_baselines" = true ]; then
   kd_students+=(
@@ -193,6 +201,8 @@ if [ "$combined" = true ]; then
     "student-nonstreaming-combined-light|MVQ-KD + layer-wise 0.1x + sequence-level KD (ground truth $combined_ground_truth_weight)|false|$small $all_kd"
     "student-combined-l2-light|L2 on the fly + layer-wise 0.1x + sequence-level KD (ground truth $combined_ground_truth_weight)|true|$small $streaming $all_kd_l2"
     "student-nonstreaming-combined-l2-light|L2 on the fly + layer-wise 0.1x + sequence-level KD (ground truth $combined_ground_truth_weight)|false|$small $all_kd_l2"
+    "student-combined-l2-unlabeled|L2 on the fly + sequence-level KD on train-unlabeled (transcripts alone on labeled cuts)|true|$small $streaming $l2_seq_unlabeled"
+    "student-nonstreaming-combined-l2-unlabeled|L2 on the fly + sequence-level KD on train-unlabeled (transcripts alone on labeled cuts)|false|$small $l2_seq_unlabeled"
   )
 fi
 

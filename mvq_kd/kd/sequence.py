@@ -8,7 +8,8 @@ of weighted target transcripts whose weights sum to one:
 * ``pseudo_labels="nbest"``: every stored hypothesis, weighted ``uniform`` or by the
   teacher's posterior renormalised over the list (``scores``);
 * a labeled cut keeps its transcript with weight ``ground_truth_weight`` and gives the
-  hypotheses ``1 - ground_truth_weight`` (0: pseudo labels only, as in the paper);
+  hypotheses ``1 - ground_truth_weight`` (0: pseudo labels only, as in the paper; 1: the
+  transcript alone, so that the pseudo labels only train the unlabeled cuts);
 * an unlabeled cut (no transcript) trains on the hypotheses alone.
 
 With ``pseudo_labels="none"`` a labeled cut has its transcript (weight 1) and an
@@ -43,10 +44,9 @@ class SequenceKdConfig:
             raise ValueError(f"pseudo_labels must be one of {PSEUDO_LABELS}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}")
-        if not 0.0 <= self.ground_truth_weight < 1.0:
+        if not 0.0 <= self.ground_truth_weight <= 1.0:
             raise ValueError(
-                f"ground_truth_weight must be in [0, 1), got {self.ground_truth_weight} "
-                "(1 would ignore the pseudo labels: use pseudo_labels='none')"
+                f"ground_truth_weight must be in [0, 1], got {self.ground_truth_weight}"
             )
 
     @property
@@ -64,7 +64,7 @@ def cut_targets(cut, cfg: SequenceKdConfig) -> List[Tuple[str, float]]:
     speech = speech_track(cut)
     sups = speech.supervisions
     text: Optional[str] = sups[0].text if sups else None
-    if not cfg.enabled:
+    if not cfg.enabled or (text is not None and cfg.ground_truth_weight == 1.0):
         return [] if text is None else [(text, 1.0)]
     nbest = cut_nbest(speech)
     if not nbest:
