@@ -174,18 +174,69 @@ def load_cuts(paths: Sequence[Path]) -> CutSet:
     return cut_sets[0] if len(cut_sets) == 1 else CutSet.mux(*cut_sets)
 
 
-def training_cuts(cfg: DataConfig) -> CutSet:
+class UnlabeledStream:
+    """The unlabeled cuts as an endless stream, in a new order for every epoch.
+
+    An epoch ends with its labeled cuts, so it takes about ``unlabeled_ratio`` x their
+    count from the start of this stream: reshuffled per epoch (:meth:`set_epoch`), a ratio
+    below the unlabeled/labeled count ratio reaches other unlabeled cuts each epoch instead
+    of the same first ones. The order is a function of ``seed``, the epoch and the pass,
+    so a resumed epoch sees the same cuts. Shuffling streams through ``buffer_size`` cuts
+    (lhotse's lazy shuffle): shuffle an unlabeled manifest much larger than that once on
+    disk, or each epoch starts within its first ``buffer_size`` cuts.
+    """
+
+    def __init__(self, cuts: CutSet, seed: int, buffer_size: int = 20000) -> None:
+        self.cuts, self.seed, self.buffer_size = cuts, seed, buffer_size
+        self.epoch = 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        for n in itertools.count():
+            rng = random.Random(f"unlabeled-{self.seed}-{self.epoch}-{n}")
+            empty = True
+            for cut in self.cuts.shuffle(rng=rng, buffer_size=self.buffer_size):
+                empty = False
+                yield cut
+            if empty:
+                raise ValueError("The unlabeled cut manifests (--unlabeled-parts) hold no cut")
+
+
+@dataclass
+class TrainingCuts:
+    """Attributes:
+    cuts: the training cuts of an epoch (lazy: iterate once per epoch).
+    unlabeled: the unlabeled stream inside ``cuts``, if any; :meth:`set_epoch` reorders it.
+    """
+
+    cuts: CutSet
+    unlabeled: Optional[UnlabeledStream] = None
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.unlabeled is not None:
+            self.unlabeled.set_epoch(epoch)
+
+
+def training_cuts(cfg: DataConfig) -> TrainingCuts:
     """The training cuts of an epoch: every labeled cut and, with ``unlabeled_cuts``,
     about ``unlabeled_ratio`` unlabeled cuts per labeled one, interleaved at random
-    (lhotse ``mux``; the unlabeled set is cycled, so a ratio above their count ratio
-    repeats them). The epoch ends with the labeled cuts."""
+    (lhotse ``mux``) from an :class:`UnlabeledStream` (cycled, in a new order each
+    epoch: a ratio above their count ratio repeats them). The epoch ends with the
+    labeled cuts."""
     labeled = load_cuts(cfg.train_cuts)
     if not cfg.unlabeled_cuts:
-        return labeled
-    unlabeled = load_cuts(cfg.unlabeled_cuts).repeat()
-    return CutSet.mux(
-        labeled, unlabeled, weights=[1.0, cfg.unlabeled_ratio], stop_early=True, seed=cfg.seed
+        return TrainingCuts(labeled)
+    unlabeled = UnlabeledStream(load_cuts(cfg.unlabeled_cuts), cfg.seed)
+    cuts = CutSet.mux(
+        labeled,
+        CutSet(unlabeled),
+        weights=[1.0, cfg.unlabeled_ratio],
+        stop_early=True,
+        seed=cfg.seed,
     )
+    return TrainingCuts(cuts, unlabeled)
 
 
 class NoiseMix:

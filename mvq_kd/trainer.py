@@ -508,9 +508,15 @@ class Trainer:
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self.cut_filter = CutFilter(self.sp, cfg.data.min_duration, cfg.data.max_cut_duration)
-        train_cuts = training_cuts(cfg.data).filter(self.cut_filter)
+        self.train_cuts = training_cuts(cfg.data)
         self.sampler = ResumableSampler(
-            make_sampler(train_cuts, cfg.data, shuffle=True, world_size=world_size, rank=rank)
+            make_sampler(
+                self.train_cuts.cuts.filter(self.cut_filter),
+                cfg.data,
+                shuffle=True,
+                world_size=world_size,
+                rank=rank,
+            )
         )
         dataset = train_dataset(
             cfg.data,
@@ -782,6 +788,7 @@ class Trainer:
     def train_one_epoch(self) -> Dict[str, float]:
         cfg, model = self.cfg, self.model
         model.train()
+        self.train_cuts.set_epoch(self.epoch)
         self.sampler.set_epoch(self.epoch)
         self.sampler.skip = self.batch_in_epoch
         for k in self.cut_filter.num_dropped:

@@ -66,7 +66,7 @@ def test_synth_commands_parse(tmp_path):
         assert args.num_epochs == 10 and args.start_epoch == 1
         if log.parent.name.endswith("combined-l2-unlabeled"):  # pseudo labels: unlabeled only
             assert args.pseudo_labels == "nbest" and args.ground_truth_weight == 1
-            assert args.unlabeled_parts == ["train-unlabeled"]
+            assert args.unlabeled_parts == ["train-unlabeled"] and args.unlabeled_ratio == 0.5
             assert args.embedding_source == "teacher" and args.feature_loss_scale == 0
             assert args.attention_loss_scale == args.apc_loss_scale == 0  # no layer-wise KD
         elif "combined" in log.parent.name:  # all three families in one run

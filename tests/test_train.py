@@ -266,3 +266,34 @@ def test_feature_stats_set_on_fresh_start_and_kept_on_resume(tiny_data, tmp_path
     trainer.train()
     resumed = Trainer(tiny_config(tiny_data, tmp_path / "exp", start_epoch=2, num_epochs=2))
     torch.testing.assert_close(resumed.model.student.encoder.subsampling.feat_std, sub.feat_std)
+
+
+def test_unlabeled_cuts_are_reshuffled_every_epoch(tiny_data):
+    """A ratio below the unlabeled/labeled count ratio reaches other unlabeled cuts in
+    each epoch (not the same first ones), deterministically per epoch."""
+    from lhotse import load_manifest
+
+    from mvq_kd.dataset import DataConfig, training_cuts
+
+    fbank = tiny_data["fbank"]
+    unlabeled = load_manifest(fbank / "synth_cuts_train-unlabeled.jsonl.gz")
+    labeled = load_manifest(fbank / "synth_cuts_train.jsonl.gz")
+    ratio = 0.5 * len(unlabeled) / len(labeled)  # about half of them per epoch
+    cfg = DataConfig(
+        [fbank / "synth_cuts_train.jsonl.gz"],
+        [fbank / "synth_cuts_dev.jsonl.gz"],
+        unlabeled_cuts=[fbank / "synth_cuts_train-unlabeled.jsonl.gz"],
+        unlabeled_ratio=ratio,
+    )
+    train = training_cuts(cfg)
+
+    def epoch_ids(epoch):
+        train.set_epoch(epoch)
+        ids = [c.id for c in train.cuts]
+        assert sorted(i for i in ids if i in labeled.ids) == sorted(labeled.ids)
+        return [i for i in ids if i not in labeled.ids]
+
+    firsts = [epoch_ids(e) for e in range(1, 7)]
+    assert epoch_ids(3) == firsts[2]  # a resumed epoch sees the same cuts
+    assert len({tuple(ids) for ids in firsts}) > 1
+    assert len(set().union(*firsts)) > max(len(set(ids)) for ids in firsts)
