@@ -256,7 +256,8 @@ def add_kd_args(p: argparse.ArgumentParser) -> None:
         "--unlabeled-ratio",
         type=float,
         default=DataConfig.unlabeled_ratio,
-        help="unlabeled cuts per labeled cut in an epoch",
+        help="unlabeled cuts per labeled cut in an epoch (the unlabeled cuts are reshuffled "
+        "every epoch)",
     )
     add_teacher_args(p, required=False)
 
