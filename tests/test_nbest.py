@@ -147,3 +147,17 @@ def test_prepare_sh_stage_8(teacher_exp, tiny_data, tmp_path):
         nb = lists(tmp_path / f"synth_cuts_{part}.jsonl.gz")
         assert len(nb) == len(load_manifest(tiny_data["fbank"] / f"synth_cuts_{part}.jsonl.gz"))
         assert all(1 <= len(v) <= 2 for v in nb.values())
+
+
+def test_lists_of_another_teacher_are_not_reused(teacher_exp, tiny_data, tmp_path):
+    """A finished output (or shard) of another teacher checkpoint or search stops with a
+    clear error instead of being skipped or merged."""
+    src = tiny_data["fbank"] / "synth_cuts_train.jsonl.gz"
+    out = tmp_path / src.name
+    first = config(teacher_exp, tiny_data)
+    assert not compute_nbest(first, src, out, CPU, num_shards=2, shards=[0])  # 1 of 2 done
+    with pytest.raises(ValueError, match=r"holds the N-best lists of .*beam.: 4.*remove"):
+        compute_nbest(config(teacher_exp, tiny_data, beam=3), src, out, CPU, num_shards=2)
+    assert compute_nbest(config(teacher_exp, tiny_data), src, out, CPU, num_shards=2)
+    with pytest.raises(ValueError, match="holds the N-best lists"):
+        compute_nbest(config(teacher_exp, tiny_data, nbest=2), src, out, CPU)
