@@ -187,6 +187,8 @@ class UnlabeledStream:
     """
 
     def __init__(self, cuts: CutSet, seed: int, buffer_size: int = 20000) -> None:
+        if next(iter(cuts), None) is None:  # an endless stream of nothing would never end
+            raise ValueError("The unlabeled cut manifests (--unlabeled-parts) hold no cut")
         self.cuts, self.seed, self.buffer_size = cuts, seed, buffer_size
         self.epoch = 1
 
@@ -196,12 +198,7 @@ class UnlabeledStream:
     def __iter__(self):
         for n in itertools.count():
             rng = random.Random(f"unlabeled-{self.seed}-{self.epoch}-{n}")
-            empty = True
-            for cut in self.cuts.shuffle(rng=rng, buffer_size=self.buffer_size):
-                empty = False
-                yield cut
-            if empty:
-                raise ValueError("The unlabeled cut manifests (--unlabeled-parts) hold no cut")
+            yield from self.cuts.shuffle(rng=rng, buffer_size=self.buffer_size)
 
 
 @dataclass
