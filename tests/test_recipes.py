@@ -56,9 +56,9 @@ def test_synth_commands_parse(tmp_path):
     parser = train_cli.get_parser()
     logs = sorted(tmp_path.glob("*/train.log"))
     # Teacher, streaming baseline, MVQ-KD, 6 frame-level baselines, 4 layer-wise,
-    # 6 sequence-level, 6 combined (MVQ-KD or L2 + layer-wise + sequence-level, L2 +
+    # 7 sequence-level, 6 combined (MVQ-KD or L2 + layer-wise + sequence-level, L2 +
     # sequence-level on the unlabeled split; streaming or not).
-    assert len(logs) == 2 + 1 + 6 + 4 + 6 + 6
+    assert len(logs) == 2 + 1 + 6 + 4 + 7 + 6
     for log in logs:
         (cmd,) = [shlex.split(line) for line in log.read_text().splitlines()]
         args = parser.parse_args(cmd[1:])  # exits on an unknown option
@@ -101,9 +101,9 @@ def test_synth_students_train_in_parallel_jobs(tmp_path):
     stub.chmod(0o755)
     args = ("--stage", "6", "--stop-stage", "6", "--seq-kd", "true", "--train-jobs", "2")
     out = synth_run(tmp_path / "exp", *args, python=str(stub)).stdout
-    assert out.count("in the background, one thread") == 8  # MVQ-KD + 7
+    assert out.count("in the background, one thread") == 9  # MVQ-KD + 8
     logs = sorted((tmp_path / "exp").glob("*/train.log"))
-    assert len(logs) == 8
+    assert len(logs) == 9
     assert all(log.read_text().strip().endswith("threads=1") for log in logs)
 
     stub.write_text("#!/usr/bin/env bash\nexit 3\n")  # a failing training stops the stage

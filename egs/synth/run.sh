@@ -36,7 +36,7 @@
 #      + attention relation, + APC, and all three with the train-unlabeled split;
 #      with --seq-kd true also: non-streaming students of 4 x 128, 4 x 80 and 4 x 40 (2.1x,
 #      4.4x and 10.5x fewer parameters than the teacher), each as a baseline and trained on
-#      the teacher's N-best, and the smallest also with the train-unlabeled split;
+#      the teacher's N-best, and the two smaller ones also with the train-unlabeled split;
 #      with --combined true also: the streaming and the non-streaming 4 x 128 student
 #      with MVQ-KD + layer-wise KD (0.1x) + sequence-level KD, and the same two with
 #      on-the-fly L2 in place of MVQ-KD (labeled cuts only: the 1:1 train-unlabeled split
@@ -193,6 +193,7 @@ if [ "$seq_kd" = true ]; then
     "student-nonstreaming-seq-kd|sequence-level KD|false|$small $seq"
     "student-nonstreaming-4x80-seq-kd|sequence-level KD|false|$size80 $seq"
     "student-nonstreaming-4x40-seq-kd|sequence-level KD|false|$size40 $seq"
+    "student-nonstreaming-4x80-seq-kd-unlabeled|sequence-level KD + unlabeled|false|$size80 $seq $unlabeled"
     "student-nonstreaming-4x40-seq-kd-unlabeled|sequence-level KD + unlabeled|false|$size40 $seq $unlabeled"
   )
 fi
