@@ -9,7 +9,8 @@ Three steps, each a program in ``local/`` and a stage of ``prepare.sh``:
    embeddings are quantized and stored as the cut's custom field ``codebook_indexes``
    (a lhotse ``TemporalArray``, uint8 ``(T, N)``, the teacher's frame shift) in HDF5
    files; optionally the fp16 embeddings too (``teacher_embeddings``). Each cut also
-   carries ``codebook_quantizer_id``, checked when training starts.
+   carries ``codebook_quantizer_id``, checked when training starts and when this step
+   resumes or skips finished work.
 
 Step 3 is sharded and resumable (:func:`mvq_kd.shards.map_shards`): each shard writes
 its own HDF5 file, then its manifest.
@@ -173,7 +174,16 @@ def compute_codebook_indexes(
     def compute(cuts: CutSet, shard: Shard) -> None:
         _compute_shard(teacher(), quantizer, cuts, shard, store_embeddings, max_duration, device)
 
-    done = map_shards(cuts_path, out_manifest, compute, num_shards, shards)
+    def made_otherwise(cut) -> Optional[str]:
+        qid = (cut.custom or {}).get(QUANTIZER_ID_FIELD)
+        if qid != quantizer.id:
+            return (
+                f"holds the codebook indexes of quantizer {qid}, not of {quantizer_path} "
+                f"({quantizer.id})"
+            )
+        return None
+
+    done = map_shards(cuts_path, out_manifest, compute, num_shards, shards, made_otherwise)
     if done:
         logging.info(f"{out_manifest}: codebook indexes of quantizer {quantizer.id}")
     return done

@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
-from lhotse import CutSet, load_manifest_lazy
+from lhotse import CutSet
 from lhotse.utils import fastcopy
 from tqdm import tqdm
 
 from mvq_kd.dataset import collate_teacher_inputs
 from mvq_kd.decoding import modified_beam_search
-from mvq_kd.shards import Shard, map_shards, ordered_batches, shard_of
+from mvq_kd.shards import Shard, map_shards, ordered_batches
 from mvq_kd.utils import atomic_path
 
 NBEST_FIELD = "nbest"
@@ -143,33 +143,23 @@ def compute_nbest(
         with atomic_path(shard.manifest) as tmp:
             CutSet.from_cuts(out_cuts).to_file(tmp)
 
-    _check_made_by(cfg, out_manifest)
-    done = map_shards(cuts_path, out_manifest, compute, num_shards, shards)
+    def made_otherwise(cut) -> Optional[str]:
+        made = (cut.custom or {}).get(NBEST_TEACHER_FIELD)
+        if made is not None and _norm(made) != _norm(cfg.describe()):
+            return f"holds the N-best lists of {made}, not of {cfg.describe()}"
+        return None
+
+    done = map_shards(cuts_path, out_manifest, compute, num_shards, shards, made_otherwise)
     if done:
         logging.info(f"{out_manifest}: {cfg.nbest}-best lists of {cfg.exp_dir} (beam {cfg.beam})")
     return done
 
 
-def _check_made_by(cfg: NBestConfig, out_manifest: Path) -> None:
-    """Resuming or skipping is only right for lists of the same teacher and search: stop
-    with a clear error when the finished output (or a finished shard) holds others."""
-    shards_dir = shard_of(out_manifest, 0, 1).manifest.parent
-    done = [out_manifest] if out_manifest.is_file() else sorted(shards_dir.glob("*.jsonl.gz"))
-    if not done:
-        return
-    first = next(iter(load_manifest_lazy(done[0])), None)
-    made = (first.custom or {}).get(NBEST_TEACHER_FIELD) if first is not None else None
-
-    def norm(d: Dict) -> Dict:
-        paths = ("exp_dir", "bpe_model")
-        return {k: str(Path(v).resolve()) if k in paths else v for k, v in d.items()}
-
-    if made is not None and norm(made) != norm(cfg.describe()):
-        raise ValueError(
-            f"{done[0]} holds the N-best lists of {made}, not of {cfg.describe()}: remove "
-            f"{out_manifest} and {shards_dir} (or give another --nbest-dir) to compute them "
-            "again"
-        )
+def _norm(described: Dict) -> Dict:
+    """A teacher description with its paths resolved (a relative and an absolute path
+    to the same teacher are the same teacher)."""
+    paths = ("exp_dir", "bpe_model")
+    return {k: str(Path(v).resolve()) if k in paths else v for k, v in described.items()}
 
 
 @torch.no_grad()

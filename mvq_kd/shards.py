@@ -5,7 +5,9 @@ rank, or a machine given ``--shard-indexes``) computes its shards; each shard wr
 own manifest last and atomically (plus whatever data files it needs, before), so the
 manifest marks the shard as finished: a killed run resumes by skipping finished shards
 and recomputing unfinished ones. When every shard is done, the shard manifests are
-merged, in the input order, into the output manifest (atomically too).
+merged, in the input order, into the output manifest (atomically too). Skipping or
+merging finished work is only right for work of the same producer (teacher, quantizer,
+search): ``map_shards`` asks the caller to check the first cut of each finished manifest.
 
 Used by the codebook indexes of MVQ-KD (:mod:`mvq_kd.codebooks`) and the teacher
 N-best lists of sequence-level KD (:mod:`mvq_kd.nbest`).
@@ -22,6 +24,7 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from lhotse import CutSet, load_manifest_lazy
+from lhotse.cut import Cut
 
 from mvq_kd.utils import atomic_path
 
@@ -66,6 +69,7 @@ def map_shards(
     compute: Callable[[CutSet, Shard], None],
     num_shards: int = 1,
     shards: Optional[Sequence[int]] = None,
+    made_otherwise: Optional[Callable[[Cut], Optional[str]]] = None,
 ) -> bool:
     """Run ``compute(cuts, shard)`` on the unfinished ``shards`` of ``cuts_path``.
 
@@ -75,11 +79,27 @@ def map_shards(
         compute: writes ``shard.manifest`` (last) from the shard's cuts.
         num_shards: contiguous shards the manifest is split into.
         shards: the shards this process computes (default: all).
+        made_otherwise: given the first cut of a finished manifest (the output, or a
+            shard), says how it was made otherwise than ``compute`` would make it (e.g.
+            "holds the indexes of quantizer X, not of Y"), or None when it matches. A
+            mismatch stops with a ``ValueError`` instead of skipping or merging the work.
 
     Returns:
         True when every shard is done and ``out_manifest`` is written.
     """
+
+    def check(done: Path) -> None:
+        first = next(iter(load_manifest_lazy(done)), None)
+        why = made_otherwise(first) if made_otherwise and first is not None else None
+        if why:
+            shards_dir = shard_of(out_manifest, 0, 1).manifest.parent
+            raise ValueError(
+                f"{done} {why}: remove {out_manifest} and {shards_dir} (or write to another "
+                "folder) to compute them again"
+            )
+
     if out_manifest.is_file():
+        check(out_manifest)
         logging.info(f"{out_manifest} exists, skipping")
         return True
     if not str(cuts_path).endswith(".jsonl.gz"):
@@ -94,6 +114,7 @@ def map_shards(
             raise ValueError(f"shard index {index} outside 0..{num_shards - 1}")
         shard = shard_of(out_manifest, index, num_shards)
         if shard.manifest.is_file():
+            check(shard.manifest)
             logging.info(f"{shard.desc} done already ({shard.manifest})")
             continue
         shard.manifest.parent.mkdir(parents=True, exist_ok=True)

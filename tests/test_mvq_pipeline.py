@@ -99,6 +99,23 @@ def test_killed_run_resumes_with_identical_indexes(mvq_dir, tiny_data, teacher_e
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def test_indexes_of_another_quantizer_are_not_reused(mvq_dir, tiny_data, teacher_exp, tmp_path):
+    """A finished output (or shard) made with another quantizer stops with a clear error
+    instead of being skipped or merged with indexes of this one."""
+    spec = TeacherSpec("conformer", str(teacher_exp), layer=2, epoch=1)
+    src = tiny_data["fbank"] / "synth_cuts_dev.jsonl.gz"
+    out = tmp_path / "synth_cuts_dev.jsonl.gz"
+    other = tmp_path / "other.pt"
+    Quantizer(torch.randn(4, 256, 32), torch.zeros(32)).save(other)
+    assert not compute_codebook_indexes(spec, other, src, out, CPU, num_shards=2, shards=[0])
+    q = mvq_dir / "quantizer.pt"
+    with pytest.raises(ValueError, match=r"shards/.*holds the codebook indexes of quantizer"):
+        compute_codebook_indexes(spec, q, src, out, CPU, num_shards=2)
+    assert compute_codebook_indexes(spec, other, src, out, CPU, num_shards=2)
+    with pytest.raises(ValueError, match=rf"not of {q} .*: remove {out}"):
+        compute_codebook_indexes(spec, q, src, out, CPU)
+
+
 def test_store_embeddings_and_quantizer_mismatch(mvq_dir, tiny_data, teacher_exp, tmp_path):
     spec = TeacherSpec("conformer", str(teacher_exp), layer=1, epoch=1)
     src = tiny_data["fbank"] / "synth_cuts_dev.jsonl.gz"
