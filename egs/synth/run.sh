@@ -60,16 +60,18 @@ layerwise=false         # also train the layer-wise KD students
 seq_kd=false            # also train the sequence-level KD students
 combined=false          # also train the students with all three families
 all=false               # all of the above
+pseudo_labels=nbest     # sequence-level KD: 1best | nbest
 nbest_weighting=scores  # sequence-level KD: uniform | scores
 ground_truth_weight=0.5 # sequence-level KD: a labeled cut's transcript weight
 combined_ground_truth_weight=0.8  # the same in the combined students
 students=               # stages 6-7: only these experiments (e.g. "student-l2-stored")
 train_jobs=1            # stage 6: students trained at once, one thread each (2 cores: 2)
+seed=42                 # random seed of every training run
 exp_suffix=             # stages 6-7: appended to every student's folder (and RESULTS row) name
 
 options="stage stop_stage teacher_epochs student_epochs avg nj exp kd_layer codebook_loss_scale
- embedding_loss_scale kd_baselines layerwise seq_kd combined all nbest_weighting ground_truth_weight
- combined_ground_truth_weight students train_jobs exp_suffix"
+ embedding_loss_scale kd_baselines layerwise seq_kd combined all pseudo_labels nbest_weighting
+ ground_truth_weight combined_ground_truth_weight students train_jobs seed exp_suffix"
 . "$(dirname "${BASH_SOURCE[0]}")/../../local/parse_options.sh" "$@"
 
 if [ "$all" = true ]; then kd_baselines=true; layerwise=true; seq_kd=true; combined=true; fi
@@ -84,7 +86,7 @@ bpe=data/synth/lang_bpe_$vocab/bpe.model
 mvq=data/synth/mvq
 teacher_layer=4
 common="--bpe-model $bpe --manifest-dir data/synth/fbank --prefix synth --max-duration 20
-  --num-workers 1 --base-lr 2e-3 --warmup-batches 200 --warm-step 1000 --spec-augment false
+  --num-workers 1 --seed $seed --base-lr 2e-3 --warmup-batches 200 --warm-step 1000 --spec-augment false
   --decoder-dim 256 --joiner-dim 256 --log-interval 100
   --musan data/synth/fbank/noise_cuts_all.jsonl.gz"
 teacher_opts="--num-encoder-layers 4 --encoder-dim 192 --num-heads 4 --feedforward-dim 768"
@@ -106,7 +108,7 @@ attention="--attention-loss-scale 0.1"
 apc="--apc-loss-scale 1 --apc-shift 2"
 unlabeled="--unlabeled-parts train-unlabeled --unlabeled-ratio 1"
 # Sequence-level KD: the teacher's 4-best of prepare.sh stage 8
-seq="--train-manifest-dir data/synth/nbest --pseudo-labels nbest --nbest-weighting $nbest_weighting
+seq="--train-manifest-dir data/synth/nbest --pseudo-labels $pseudo_labels --nbest-weighting $nbest_weighting
   --ground-truth-weight $ground_truth_weight"
 size80="--num-encoder-layers 4 --encoder-dim 80 --num-heads 4 --feedforward-dim 320"
 size40="--num-encoder-layers 4 --encoder-dim 40 --num-heads 4 --feedforward-dim 160"
