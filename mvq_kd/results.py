@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 from typing import Dict, List
 
@@ -93,14 +94,28 @@ def _parse_table(lines: List[str]) -> List[Dict[str, str]]:
 
 
 def update_table(results_md: Path, row: Dict[str, str]) -> None:
-    """Insert ``row`` into the table (replacing the row of the same experiment)."""
+    """Add ``row`` to the end of the table, or replace the row of the same experiment in
+    its place. Replacing a row with another training command (an ``--exp-suffix`` that
+    names an earlier experiment) is logged as a warning naming both commands."""
     text = results_md.read_text() if results_md.is_file() else f"{BEGIN}\n{END}\n"
     if BEGIN not in text or END not in text:
         raise ValueError(f"{results_md} has no '{BEGIN}' ... '{END}' table block")
     head, rest = text.split(BEGIN, 1)
     block, tail = rest.split(END, 1)
-    rows = [r for r in _parse_table(block.strip().splitlines()) if r["exp"] != row["exp"]]
-    rows.append(row)
+    rows = _parse_table(block.strip().splitlines())
+    same = [i for i, r in enumerate(rows) if r["exp"] == row["exp"]]
+    for i in same:
+        if rows[i]["command"] != row["command"]:
+            logging.warning(
+                f"{results_md}: replacing the row of {row['exp']}, trained by another "
+                f"command: {rows[i]['command']} (now {row['command']}); give the new run "
+                "another experiment folder to keep both"
+            )
+    if same:
+        rows[same[0]] = row
+        rows = [r for i, r in enumerate(rows) if i not in same[1:]]
+    else:
+        rows.append(row)
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(r[c] for c in COLUMNS) + " |" for r in rows]
     with atomic_path(results_md) as tmp:

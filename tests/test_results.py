@@ -82,6 +82,29 @@ def test_rows_are_added_and_replaced(tmp_path):
     assert text.count("`student` |") == 1 and "| 25.00 |" in text and "| 30.00 |" not in text
 
 
+def test_a_replaced_row_keeps_its_place_and_another_command_is_warned(tmp_path, caplog):
+    results = tmp_path / "RESULTS.md"
+    results.write_text(f"{BEGIN}\n{END}\n")
+    exps = [fake_exp(tmp_path, n, False, (5.0, 9.0)) for n in ("a", "b")]
+    common = ["--results", str(results), "--suffix", "epoch-3-avg-1", "--role", "student"]
+    for exp in exps:
+        main(common + ["--exp-dir", str(exp), "--method", "baseline", "--command", "./train.py"])
+
+    def order():  # the exp column of each row
+        return [line.split("`")[-2] for line in results.read_text().splitlines()[3:-1]]
+
+    assert order() == ["a", "b"]
+    with caplog.at_level("WARNING"):
+        main(
+            common + ["--exp-dir", str(exps[0]), "--method", "baseline", "--command", "./train.py"]
+        )
+    assert order() == ["a", "b"] and not caplog.records  # same command: replaced quietly
+    with caplog.at_level("WARNING"):
+        main(common + ["--exp-dir", str(exps[0]), "--method", "baseline", "--command", "./x.py"])
+    assert order() == ["a", "b"] and "`./x.py`" in results.read_text()
+    assert "replacing the row of `a`, trained by another command: `./train.py`" in caplog.text
+
+
 def test_missing_inputs_are_explained(tmp_path):
     results = tmp_path / "RESULTS.md"
     results.write_text("no table here\n")
