@@ -86,8 +86,8 @@ bpe=data/synth/lang_bpe_$vocab/bpe.model
 mvq=data/synth/mvq
 teacher_layer=4
 common="--bpe-model $bpe --manifest-dir data/synth/fbank --prefix synth --max-duration 20
-  --num-workers 1 --seed $seed --base-lr 2e-3 --warmup-batches 200 --warm-step 1000 --spec-augment false
-  --decoder-dim 256 --joiner-dim 256 --log-interval 100
+  --num-workers 1 --seed $seed --base-lr 2e-3 --warmup-batches 200 --warm-step 1000
+  --spec-augment false --decoder-dim 256 --joiner-dim 256 --log-interval 100
   --musan data/synth/fbank/noise_cuts_all.jsonl.gz"
 teacher_opts="--num-encoder-layers 4 --encoder-dim 192 --num-heads 4 --feedforward-dim 768"
 small="--num-encoder-layers 4 --encoder-dim 128 --num-heads 4 --feedforward-dim 512"
@@ -108,8 +108,8 @@ attention="--attention-loss-scale 0.1"
 apc="--apc-loss-scale 1 --apc-shift 2"
 unlabeled="--unlabeled-parts train-unlabeled --unlabeled-ratio 1"
 # Sequence-level KD: the teacher's 4-best of prepare.sh stage 8
-seq="--train-manifest-dir data/synth/nbest --pseudo-labels $pseudo_labels --nbest-weighting $nbest_weighting
-  --ground-truth-weight $ground_truth_weight"
+seq="--train-manifest-dir data/synth/nbest --pseudo-labels $pseudo_labels
+  --nbest-weighting $nbest_weighting --ground-truth-weight $ground_truth_weight"
 size80="--num-encoder-layers 4 --encoder-dim 80 --num-heads 4 --feedforward-dim 320"
 size40="--num-encoder-layers 4 --encoder-dim 40 --num-heads 4 --feedforward-dim 160"
 # All three: cuts with codebook indexes and N-best lists, the teacher on the fly. The
