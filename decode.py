@@ -15,7 +15,14 @@ import sys
 from pathlib import Path
 
 from mvq_kd.dataset import load_cuts
-from mvq_kd.evaluate import DECODING_METHODS, DecodeOptions, decode_cuts, load_model, write_results
+from mvq_kd.evaluate import (
+    DECODING_METHODS,
+    DecodeOptions,
+    decode_cuts,
+    decode_suffix,
+    load_model,
+    write_results,
+)
 from mvq_kd.trainer import pick_device
 from mvq_kd.utils import setup_logging
 
@@ -65,14 +72,16 @@ def main(argv=None) -> None:
     model, paths = load_model(args.exp_dir, args.epoch, args.avg, device)
     logging.info(f"Averaged {[p.name for p in paths]}: {model.num_params() / 1e6:.2f} M params")
     sp = spm.SentencePieceProcessor(model_file=str(args.bpe_model))
-    suffix = f"epoch-{args.epoch}-avg-{args.avg}"
-    if args.decoding_method == "modified_beam_search":
-        suffix += f"-beam-{args.beam_size}"
-    if model.encoder.config.causal:
-        cfg = model.encoder.config
-        chunk = cfg.chunk_size if args.chunk_size is None else args.chunk_size
-        left = cfg.left_context if args.left_context is None else args.left_context
-        suffix += f"-{args.streaming}-chunk-{chunk}-left-{left}"
+    cfg = model.encoder.config
+    suffix = decode_suffix(
+        args.epoch,
+        args.avg,
+        method=args.decoding_method,
+        beam_size=args.beam_size,
+        streaming=args.streaming if cfg.causal else None,
+        chunk=cfg.chunk_size if args.chunk_size is None else args.chunk_size,
+        left=cfg.left_context if args.left_context is None else args.left_context,
+    )
     out_dir = args.exp_dir / args.decoding_method
     for part in args.test_parts:
         cuts = load_cuts([args.manifest_dir / f"{args.prefix}_cuts_{part}.jsonl.gz"])

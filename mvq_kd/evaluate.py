@@ -17,6 +17,40 @@ from mvq_kd.utils import atomic_path
 DECODING_METHODS = ("greedy_search", "modified_beam_search")
 
 
+def decode_suffix(
+    epoch: int,
+    avg: int,
+    method: str = "greedy_search",
+    beam_size: int = 4,
+    streaming: Optional[str] = None,
+    chunk: Optional[int] = None,
+    left: Optional[int] = None,
+) -> str:
+    """The settings part of the result file names written by ``decode.py``.
+
+    ``decode.py`` writes ``<exp-dir>/<method>/wer-summary-<part>-<suffix>.txt`` with this suffix.
+
+    Args:
+        epoch, avg: the ``--epoch`` and ``--avg`` of the decode.
+        method: the decoding method; beam search adds ``-beam-<beam_size>``.
+        streaming: None for a full-context model; for a causal model, ``simulated`` or
+            ``chunked``, which adds ``-<streaming>-chunk-<chunk>-left-<left>``.
+        chunk, left: the chunk size and left context (encoder frames) actually used; needed
+            with ``streaming``.
+
+    Returns:
+        e.g. ``epoch-10-avg-3-beam-4`` or ``epoch-10-avg-3-simulated-chunk-8-left-32``.
+    """
+    suffix = f"epoch-{epoch}-avg-{avg}"
+    if method == "modified_beam_search":
+        suffix += f"-beam-{beam_size}"
+    if streaming is not None:
+        if chunk is None or left is None:
+            raise ValueError("decode_suffix of a streaming decode needs its chunk and left")
+        suffix += f"-{streaming}-chunk-{chunk}-left-{left}"
+    return suffix
+
+
 def average_checkpoints(paths: Sequence[Path]) -> Tuple[Dict[str, torch.Tensor], Dict]:
     """Average the model weights of several checkpoints (floating-point tensors only).
 

@@ -22,7 +22,13 @@ import torch
 from lhotse import load_manifest
 
 import decode
-from mvq_kd.evaluate import average_checkpoints, load_model, word_errors, write_results
+from mvq_kd.evaluate import (
+    average_checkpoints,
+    decode_suffix,
+    load_model,
+    word_errors,
+    write_results,
+)
 from mvq_kd.trainer import OptimConfig, Trainer
 from tests.test_train import tiny_config
 
@@ -233,6 +239,21 @@ def test_streaming_defaults_to_the_model_context(streaming_exp, tiny_data):
     name = "test-other-epoch-2-avg-2-beam-4-simulated-chunk-4-left-8.txt"
     recogs = read_recogs(streaming_exp / "modified_beam_search" / f"recogs-{name}")
     assert sorted(recogs) == sorted(manifest_texts(tiny_data, "test-other"))
+
+
+def test_decode_suffix_names_the_files_decode_writes():
+    assert decode_suffix(2, 2) == "epoch-2-avg-2"
+    assert decode_suffix(10, 3, "modified_beam_search", beam_size=8) == "epoch-10-avg-3-beam-8"
+    assert (
+        decode_suffix(2, 2, "modified_beam_search", 4, streaming="simulated", chunk=4, left=8)
+        == "epoch-2-avg-2-beam-4-simulated-chunk-4-left-8"
+    )
+    assert (
+        decode_suffix(5, 1, streaming="chunked", chunk=16, left=-1)
+        == "epoch-5-avg-1-chunked-chunk-16-left--1"
+    )
+    with pytest.raises(ValueError, match="chunk and left"):
+        decode_suffix(2, 2, streaming="simulated")
 
 
 def test_chunked_modified_beam_search_is_refused(streaming_exp, tiny_data):
