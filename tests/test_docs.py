@@ -1,0 +1,624 @@
+"""Every command in README.md and docs/*.md runs as written.
+
+The fenced shell blocks (```bash, ```sh, ```shell, ```console and unlabeled ones; blocks of
+other languages, e.g. ```text, are not commands) of each page are split into commands,
+and for each command of one of the repository's programs the test checks
+
+1. that its options parse: Python programs through their own ``get_parser()``
+   (``parse_args`` exiting is a failure), shell scripts against the ``options="..."`` list
+   they hand to ``local/parse_options.sh`` (or the options their ``--help`` prints);
+2. that the paths it reads are made by the commands before it on the same page (or are
+   files of the repository): a small explicit model of what each program makes and reads
+   (``PATH MODEL`` below). Generated trees (``data/``, ``download/``, ``egs/*/exp/``) are
+   never taken from the disk, so a local run cannot hide a missing step.
+
+Commands of other tools (pip, git, cd, ...) are skipped by name (``SKIPPED``); a command
+that is neither is a failure, and so is a path the model cannot judge unless it is one
+of the ``KNOWN_EXCEPTIONS`` (each with its reason).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import importlib.util
+import io
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+README_MAX_LINES = 250
+
+
+def doc_pages() -> List[Path]:
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+# --------------------------------------------------------------------------- extraction
+
+SHELL_LANGS = {"", "bash", "sh", "shell", "console"}
+
+
+@dataclass
+class Command:
+    page: str  # e.g. docs/mvq-kd.md
+    line: int  # line of the command in the page
+    text: str  # as written (continuations joined)
+    argv: List[str]
+    env: Dict[str, str] = field(default_factory=dict)
+
+    def where(self) -> str:
+        return f"{self.page}:{self.line}: {self.text}"
+
+
+def fenced_blocks(text: str):
+    """(first line number of the body, language, body) of every fenced block."""
+    blocks, lang, body, start = [], None, [], 0
+    for n, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if lang is None:
+            if stripped.startswith("```"):
+                lang, body, start = stripped[3:].strip().lower(), [], n + 1
+        elif stripped.startswith("```"):
+            blocks.append((start, lang, "\n".join(body)))
+            lang = None
+        else:
+            body.append(line)
+    assert lang is None, "unclosed code fence"
+    return blocks
+
+
+def logical_lines(body: str, lang: str, start: int):
+    """(line number, text) of each command line: continuations joined; for console
+    blocks only the `$ ` lines (and their continuations)."""
+    out, cur, cur_line = [], None, 0
+    for n, line in enumerate(body.splitlines(), start):
+        if cur is None:
+            if lang == "console":
+                if not line.lstrip().startswith("$ "):
+                    continue
+                line = line.lstrip()[2:]
+            cur, cur_line = "", n
+        if cur:
+            line = line.lstrip()
+        if line.rstrip().endswith("\\"):
+            cur += line.rstrip()[:-1].rstrip() + " "
+            continue
+        out.append((cur_line, (cur + line).strip()))
+        cur = None
+    if cur is not None:
+        out.append((cur_line, cur.strip()))
+    return [(n, t) for n, t in out if t]
+
+
+SEPARATORS = {"&&", "||", ";", "|", "&"}
+ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def split_commands(body: str, lang: str, page: str = "<doc>", start: int = 1) -> List[Command]:
+    commands = []
+    for n, line in logical_lines(body, lang, start):
+        lex = shlex.shlex(line, posix=True, punctuation_chars=";&|")
+        lex.whitespace_split = True
+        lex.commenters = "#"
+        tokens = list(lex)
+        segment: List[str] = []
+        for tok in tokens + [";"]:
+            if tok in SEPARATORS:
+                env = {}
+                while segment and ENV_ASSIGNMENT.match(segment[0]):
+                    k, v = segment.pop(0).split("=", 1)
+                    env[k] = v
+                if segment:
+                    commands.append(Command(page, n, line, segment, env))
+                segment = []
+            else:
+                segment.append(tok)
+    return commands
+
+
+def page_commands(path: Path) -> List[Command]:
+    page = str(path.relative_to(REPO))
+    commands = []
+    for start, lang, body in fenced_blocks(path.read_text()):
+        if lang in SHELL_LANGS:
+            commands += split_commands(body, lang, page, start)
+    return commands
+
+
+# ------------------------------------------------------------------------ classification
+
+# Commands that are not the repository's programs, skipped on purpose.
+SKIPPED = {
+    "pip": "installs packages",
+    "pip3": "installs packages",
+    "git": "version control",
+    "cd": "changes directory",
+    "export": "sets the environment",
+    ".": "activates a virtual environment",
+    "source": "activates a virtual environment",
+    "nvidia-smi": "lists GPUs",
+    "ls": "lists files",
+    "cat": "prints a file",
+    "head": "prints a file",
+    "tensorboard": "views training logs",
+}
+SKIPPED_PYTHON_MODULES = {"pytest": "the test suite itself", "venv": "makes a virtual environment"}
+TORCHRUN_FLAGS = {"--standalone"}  # torchrun options without a value
+SHELL_LAUNCHERS = {"bash", "sh"}
+PYTHONS = {"python", "python3"}
+
+
+@dataclass
+class Program:
+    kind: str  # "python" | "module" | "shell" | "skip"
+    name: str  # repo path (local/x.py, egs/synth/run.sh) or module name
+    args: List[str]
+    why: str = ""
+
+
+def norm_program(path: str) -> str:
+    return path[2:] if path.startswith("./") else path
+
+
+def classify(argv: List[str]) -> Program:
+    """What a command runs; raises ValueError for one the test does not know."""
+    head, rest = argv[0], argv[1:]
+    if head == "torchrun":
+        i = 0
+        while i < len(rest) and rest[i].startswith("-"):
+            i += 1 if (rest[i] in TORCHRUN_FLAGS or "=" in rest[i]) else 2
+        if i >= len(rest):
+            raise ValueError("torchrun without a program")
+        return classify(rest[i:])
+    if head in PYTHONS:
+        if rest[:1] == ["-m"] and len(rest) >= 2:
+            mod = rest[1]
+            if mod in SKIPPED_PYTHON_MODULES:
+                return Program("skip", mod, rest[2:], SKIPPED_PYTHON_MODULES[mod])
+            if mod.split(".")[0] == "mvq_kd":
+                return Program("module", mod, rest[2:])
+            raise ValueError(f"python -m {mod}: not a module of the repository")
+        if rest and rest[0].endswith(".py"):
+            return classify(rest)
+        raise ValueError("python without a program")
+    if head in SHELL_LAUNCHERS and rest and rest[0].endswith(".sh"):
+        return classify(rest)
+    if head.endswith(".py") or head.endswith(".sh"):
+        name = norm_program(head)
+        if not (REPO / name).is_file():
+            raise ValueError(f"{head}: no such program in the repository")
+        return Program("python" if name.endswith(".py") else "shell", name, rest)
+    if head in SKIPPED:
+        return Program("skip", head, rest, SKIPPED[head])
+    raise ValueError(f"{head}: neither a repository program nor in SKIPPED")
+
+
+# ----------------------------------------------------------------------- option parsing
+
+
+@functools.lru_cache(maxsize=None)
+def load_python(name: str):
+    """The module of a program (by its path) or of a ``python -m`` module."""
+    if name.endswith(".py"):
+        spec = importlib.util.spec_from_file_location(
+            "_doc_" + re.sub(r"\W", "_", name[:-3]), REPO / name
+        )
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return importlib.import_module(name)
+
+
+def parse_python(name: str, args: List[str]):
+    """The parsed namespace, None for --help; raises ValueError if the options fail."""
+    module = load_python(name)
+    if not hasattr(module, "get_parser"):
+        raise ValueError(f"{name} has no module-level get_parser()")
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            return module.get_parser().parse_args(args)
+    except SystemExit as e:
+        if e.code in (0, None):
+            return None
+        raise ValueError(err.getvalue().strip().splitlines()[-1] if err.getvalue() else str(e))
+
+
+@functools.lru_cache(maxsize=None)
+def shell_options(name: str) -> frozenset:
+    """The options a script accepts (underscored names)."""
+    text = (REPO / name).read_text()
+    m = re.search(r'^options="([^"]*)"', text, re.M)
+    if m:
+        return frozenset(m.group(1).split())
+    out = subprocess.run(
+        ["bash", str(REPO / name), "--help"], capture_output=True, text=True, cwd=REPO
+    ).stdout
+    found = re.findall(r"^\s*--([a-z0-9][a-z0-9-]*)", out, re.M)
+    assert found, f"{name}: no options=\"...\" list and no options in --help"
+    return frozenset(o.replace("-", "_") for o in found)
+
+
+@functools.lru_cache(maxsize=None)
+def shell_defaults(name: str) -> Dict[str, str]:
+    """`name=value  # help` lines of a script (its declared defaults)."""
+    defaults: Dict[str, str] = {}
+    for key, value in re.findall(r"^([a-z_][a-z0-9_]*)=(\"[^\"]*\"|\S*)", (REPO / name).read_text(), re.M):
+        if key in shell_options(name) and key not in defaults:
+            defaults[key] = value.strip('"')
+    return defaults
+
+
+def parse_shell(name: str, args: List[str]) -> Optional[Dict[str, str]]:
+    """The option values (defaults filled in), None for --help; ValueError if they fail."""
+    values = dict(shell_defaults(name))
+    options = shell_options(name)
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a in ("-h", "--help"):
+            return None
+        if not a.startswith("--"):
+            raise ValueError(f"unexpected argument {a!r}")
+        key = a[2:].replace("-", "_")
+        if key not in options:
+            raise ValueError(f"unknown option {a}")
+        if i + 1 >= len(args):
+            raise ValueError(f"option {a} needs a value")
+        values[key] = args[i + 1]
+        i += 2
+    return values
+
+
+# --------------------------------------------------------------------------- PATH MODEL
+
+# Trees made by the recipes: never taken from the disk, only from earlier commands.
+GENERATED = re.compile(r"^(data|download|egs/[^/]+/exp)(/|$)")
+
+# Paths the model cannot judge, with the reason. Matched as prefixes.
+KNOWN_EXCEPTIONS = {
+    "/path/to/": "a location on the user's machine (LibriSpeech download, HuBERT checkpoint)",
+}
+# Programs whose reads and makes are not modelled, with the reason.
+UNMODELLED = {
+    "egs/librispeech/run.sh": "the GPU recipe reads the user's --dl-dir and --hubert and "
+    "makes its own data/librispeech and egs/librispeech/exp trees (options checked only)",
+}
+
+
+class World:
+    """What the commands of one page have made so far."""
+
+    def __init__(self):
+        self.made: set = set()
+
+    @staticmethod
+    def norm(path) -> str:
+        p = str(path)
+        while p.startswith("./"):
+            p = p[2:]
+        return p.rstrip("/")
+
+    def make(self, *paths) -> None:
+        self.made.update(self.norm(p) for p in paths)
+
+    def has(self, path) -> bool:
+        p = self.norm(path)
+        if p in self.made or any(m.startswith(p + "/") for m in self.made):
+            return True
+        return not GENERATED.match(p) and not p.startswith("/") and (REPO / p).exists()
+
+    def missing(self, paths) -> List[str]:
+        out = []
+        for p in paths:
+            if any(self.norm(p).startswith(k) for k in KNOWN_EXCEPTIONS):
+                continue
+            if not self.has(p):
+                out.append(self.norm(p))
+        return out
+
+
+def checkpoints(exp, last: int, avg: int = 1) -> List[str]:
+    return [f"{exp}/epoch-{e}.pt" for e in range(max(1, last - avg + 1), last + 1)]
+
+
+def teacher_reads(kind: str, model, epoch, avg) -> List[str]:
+    if not model:
+        return []
+    if kind == "hf":  # a transformers hub name or a user's checkpoint
+        return [model] if str(model).startswith(("/", ".", "egs/", "data/", "download/")) else []
+    if int(epoch) <= 0:
+        raise ValueError("a train.py teacher needs --teacher-epoch")
+    return checkpoints(model, int(epoch), int(avg))
+
+
+# corpus -> (prefix, training parts, evaluation parts, unlabeled parts)
+def corpus_parts(v: Dict[str, str]):
+    if v["corpus"] == "synth":
+        return "synth", ["train"], ["dev", "test-clean", "test-other"], ["train-unlabeled"]
+    train = ["train-clean-100"]
+    if v.get("full_libri") == "true":
+        train += ["train-clean-360", "train-other-500"]
+    evals = ["dev-clean", "dev-other", "test-clean", "test-other"]
+    return "librispeech", train, evals, v.get("unlabeled_libri", "").split()
+
+
+def prepare_stages(v: Dict[str, str]):
+    """(stage, reads, makes) of ./prepare.sh with option values v."""
+    prefix, train, evals, unlabeled = corpus_parts(v)
+    data = v.get("data_dir") or f"data/{v['corpus']}"
+    man, fb = f"{data}/manifests", f"{data}/fbank"
+    lang = f"{data}/lang_bpe_{v['vocab_size']}"
+    mvq = v.get("mvq_dir") or f"{data}/mvq"
+    nb_in, nb_out = v.get("nbest_input_dir") or fb, v.get("nbest_dir") or f"{data}/nbest"
+    parts = train + evals + unlabeled
+    labeled = train + unlabeled
+
+    def teacher():
+        return teacher_reads(v["teacher_kind"], v["teacher_model"], v["teacher_epoch"], v["teacher_avg"])
+
+    def cuts(d, ps):
+        return [f"{d}/{prefix}_cuts_{p}.jsonl.gz" for p in ps]
+
+    stages = {
+        0: lambda: ([], [f"{v['dl_dir']}/SynthSpeech"] if prefix == "synth" else []),
+        1: lambda: (
+            [],
+            [f"{man}/{prefix}_{k}_{p}.jsonl.gz" for p in parts for k in ("recordings", "supervisions")],
+        ),
+        2: lambda: ([f"{man}/{prefix}_recordings_{p}.jsonl.gz" for p in parts], cuts(fb, parts)),
+        3: lambda: (
+            [],
+            [f"{fb}/noise_cuts_all.jsonl.gz"]
+            if prefix == "synth"
+            else ([f"{fb}/musan_cuts_all.jsonl.gz"] if v.get("musan") == "true" else []),
+        ),
+        4: lambda: (
+            [f"{man}/{prefix}_supervisions_{p}.jsonl.gz" for p in train],
+            [f"{lang}/bpe.model", f"{lang}/tokens.txt"],
+        ),
+        5: lambda: (cuts(fb, train) + teacher(), [f"{mvq}/embeddings.pt"]),
+        6: lambda: ([f"{mvq}/embeddings.pt"], [f"{mvq}/quantizer.pt"]),
+        7: lambda: (cuts(fb, labeled) + [f"{mvq}/quantizer.pt"] + teacher(), cuts(mvq, labeled)),
+        8: lambda: (cuts(nb_in, labeled) + [f"{lang}/bpe.model"] + teacher(), cuts(nb_out, labeled)),
+    }
+    for s in range(int(v["stage"]), min(int(v["stop_stage"]), 8) + 1):
+        reads, makes = stages[s]()
+        yield s, reads, makes
+
+
+def effects_prepare(v, world: World):
+    for _, reads, makes in prepare_stages(v):
+        yield reads, makes
+
+
+def attr(ns, name, default=None):
+    return getattr(ns, name, default)
+
+
+def effects_train(ns, world: World):
+    exp, prefix = ns.exp_dir, attr(ns, "prefix", "synth")
+    md = ns.manifest_dir
+    td = attr(ns, "train_manifest_dir") or md
+    reads = [ns.bpe_model]
+    reads += [f"{td}/{prefix}_cuts_{p}.jsonl.gz" for p in attr(ns, "train_parts", ["train"])]
+    reads += [f"{td}/{prefix}_cuts_{p}.jsonl.gz" for p in attr(ns, "unlabeled_parts") or []]
+    reads += [f"{md}/{prefix}_cuts_{p}.jsonl.gz" for p in attr(ns, "valid_parts", ["dev"])]
+    reads += [p for p in (attr(ns, "musan"), attr(ns, "quantizer")) if p]
+    if attr(ns, "teacher_model"):
+        reads += teacher_reads("conformer", ns.teacher_model, attr(ns, "teacher_epoch", 0), attr(ns, "teacher_avg", 1))
+    start = attr(ns, "start_epoch", 1)
+    if start > 1:
+        reads.append(f"{exp}/epoch-{start - 1}.pt")
+    yield reads, [f"{exp}/epoch-{e}.pt" for e in range(start, ns.num_epochs + 1)]
+
+
+def effects_decode(ns, world: World):
+    prefix = attr(ns, "prefix", "synth")
+    reads = checkpoints(ns.exp_dir, ns.epoch, ns.avg) + [ns.bpe_model]
+    reads += [f"{ns.manifest_dir}/{prefix}_cuts_{p}.jsonl.gz" for p in ns.test_parts]
+    yield reads, []
+
+
+def effects_codebook_indexes(ns, world: World):
+    cuts = lambda d: [f"{d}/{ns.prefix}_cuts_{p}.jsonl.gz" for p in ns.parts]  # noqa: E731
+    reads = cuts(ns.manifest_dir) + [ns.quantizer]
+    reads += teacher_reads(ns.teacher_kind, ns.teacher_model, ns.teacher_epoch, ns.teacher_avg)
+    yield reads, cuts(ns.output_dir)
+
+
+# egs/synth/run.sh: the data and the experiments it makes, stage by stage.
+SYNTH_DATA = "data/synth"
+SYNTH_VOCAB = "64"
+SYNTH_STUDENT_BASELINE = "student-baseline"
+SYNTH_MAIN_STUDENT = "student-mvq-kd"
+NBEST_GROUPS = {"seq-kd", "combined", "all"}
+
+
+def effects_synth_run(v, world: World):
+    exp = v.get("exp", "egs/synth/exp")
+    t_epochs = int(v.get("teacher_epochs", 10))
+    s_epochs = int(v.get("student_epochs", 10))
+    avg = int(v.get("avg", 3))
+    groups = set(v.get("groups", "main").split())
+    lang = f"{SYNTH_DATA}/lang_bpe_{SYNTH_VOCAB}"
+    prep = {
+        "corpus": "synth", "vocab_size": SYNTH_VOCAB, "dl_dir": "download", "data_dir": "",
+        "mvq_dir": "", "nbest_dir": "", "nbest_input_dir": "", "teacher_kind": "conformer",
+        "teacher_model": f"{exp}/teacher", "teacher_epoch": str(t_epochs), "teacher_avg": str(avg),
+    }
+    fbank = [f"{SYNTH_DATA}/fbank/synth_cuts_{p}.jsonl.gz" for p in ("train", "dev")]
+    stage, stop = int(v["stage"]), int(v["stop_stage"])
+    for s in range(stage, min(stop, 5) + 1):
+        if s == 0:
+            yield from effects_prepare(dict(prep, stage="0", stop_stage="4"), world)
+        elif s == 1:
+            yield [f"{lang}/bpe.model"] + fbank, checkpoints(f"{exp}/teacher", t_epochs, t_epochs)
+        elif s == 2:
+            yield [f"{lang}/bpe.model"] + fbank, checkpoints(
+                f"{exp}/{SYNTH_STUDENT_BASELINE}", s_epochs, s_epochs
+            )
+        elif s == 3:
+            yield from effects_prepare(dict(prep, stage="5", stop_stage="7"), world)
+            if groups & NBEST_GROUPS:
+                yield from effects_prepare(dict(prep, stage="8", stop_stage="8"), world)
+        elif s == 4:
+            reads = [f"{SYNTH_DATA}/mvq/synth_cuts_train.jsonl.gz"]
+            yield reads, checkpoints(f"{exp}/{SYNTH_MAIN_STUDENT}", s_epochs, s_epochs)
+        elif s == 5:
+            yield [], ["egs/synth/results.csv", "egs/synth/RESULTS.md"]
+
+
+PYTHON_EFFECTS = {
+    "train.py": effects_train,
+    "decode.py": effects_decode,
+    "local/compute_codebook_indexes.py": effects_codebook_indexes,
+}
+SHELL_EFFECTS = {
+    "prepare.sh": effects_prepare,
+    "egs/synth/run.sh": effects_synth_run,
+}
+
+
+# ------------------------------------------------------------------------------ checker
+
+
+def check_commands(commands: List[Command]) -> List[str]:
+    """Problems of the commands of one page, in order (empty: all run as written)."""
+    problems, world = [], World()
+    for cmd in commands:
+        try:
+            prog = classify(cmd.argv)
+        except ValueError as e:
+            problems.append(f"{cmd.where()}\n    {e}")
+            continue
+        if prog.kind == "skip":
+            continue
+        try:
+            if prog.kind == "shell":
+                values = parse_shell(prog.name, prog.args)
+                effects = SHELL_EFFECTS.get(prog.name)
+            else:
+                values = parse_python(prog.name, prog.args)
+                effects = PYTHON_EFFECTS.get(prog.name)
+        except ValueError as e:
+            problems.append(f"{cmd.where()}\n    options: {e}")
+            continue
+        if values is None:  # --help
+            continue
+        if effects is None:
+            if prog.name not in UNMODELLED:
+                problems.append(
+                    f"{cmd.where()}\n    no path model for {prog.name}: add one or list it in UNMODELLED"
+                )
+            continue
+        try:
+            for reads, makes in effects(values, world):
+                lost = world.missing(reads)
+                if lost:
+                    problems.append(
+                        f"{cmd.where()}\n    reads what no earlier command made: {', '.join(lost)}"
+                    )
+                world.make(*makes)
+        except ValueError as e:
+            problems.append(f"{cmd.where()}\n    {e}")
+    return problems
+
+
+# --------------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("page", doc_pages(), ids=lambda p: str(p.relative_to(REPO)))
+def test_every_documented_command_runs_as_written(page):
+    commands = page_commands(page)
+    problems = check_commands(commands)
+    assert not problems, "\n".join(problems)
+
+
+def test_readme_is_a_manual_of_at_most_250_lines():
+    n = len((REPO / "README.md").read_text().splitlines())
+    assert n <= README_MAX_LINES, f"README.md has {n} lines (at most {README_MAX_LINES})"
+
+
+def test_docs_pages_exist_and_are_linked_from_the_readme():
+    readme = (REPO / "README.md").read_text()
+    for name in ("mvq-kd", "layerwise-kd", "sequence-kd", "data", "recipes"):
+        assert (REPO / "docs" / f"{name}.md").is_file(), name
+        assert f"docs/{name}.md" in readme, f"README.md does not link docs/{name}.md"
+
+
+def test_relative_links_of_the_docs_exist():
+    for page in doc_pages():
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if re.match(r"^[a-z]+:", target):
+                continue
+            assert (page.parent / target).exists(), f"{page.relative_to(REPO)}: broken link {target}"
+
+
+# The checker itself: it must catch what it is for.
+
+BLOCK = """\
+# a comment
+OMP_NUM_THREADS=1 ./prepare.sh --corpus synth --vocab-size 64 --nj 2
+./train.py --exp-dir egs/synth/exp/x --num-epochs 2 \\
+    --bpe-model data/synth/lang_bpe_64/bpe.model
+./decode.py --exp-dir egs/synth/exp/x --epoch 2 --avg 2 \\
+    --bpe-model data/synth/lang_bpe_64/bpe.model && pip install foo
+"""
+
+
+def test_split_commands_joins_continuations_and_strips_env_and_comments():
+    cmds = split_commands(BLOCK, "bash")
+    assert [c.argv[0] for c in cmds] == ["./prepare.sh", "./train.py", "./decode.py", "pip"]
+    assert cmds[0].env == {"OMP_NUM_THREADS": "1"}
+    assert cmds[1].argv[-2:] == ["--bpe-model", "data/synth/lang_bpe_64/bpe.model"]
+    console = "$ ./decode.py --help\nusage: decode.py ...\n"
+    assert [c.argv for c in split_commands(console, "console")] == [["./decode.py", "--help"]]
+
+
+def test_a_consistent_block_passes():
+    assert check_commands(split_commands(BLOCK, "bash")) == []
+
+
+def test_a_wrong_option_of_a_python_program_fails():
+    bad = BLOCK.replace("--num-epochs 2", "--num-epochs 2 --no-such-option 1")
+    problems = check_commands(split_commands(bad, "bash"))
+    assert problems and "--no-such-option" in problems[0]
+
+
+def test_a_wrong_option_of_a_shell_script_fails():
+    bad = BLOCK.replace("--vocab-size 64", "--vocab-sise 64")
+    problems = check_commands(split_commands(bad, "bash"))
+    assert any("unknown option --vocab-sise" in p for p in problems)
+
+
+def test_a_path_read_before_it_is_made_fails():
+    # the BPE model of another vocabulary: nothing made it
+    bad = BLOCK.replace("./train.py --exp-dir egs/synth/exp/x --num-epochs 2 \\\n    --bpe-model data/synth/lang_bpe_64",
+                        "./train.py --exp-dir egs/synth/exp/x --num-epochs 2 \\\n    --bpe-model data/synth/lang_bpe_256")
+    problems = check_commands(split_commands(bad, "bash"))
+    assert len(problems) == 1 and "lang_bpe_256/bpe.model" in problems[0]
+    # decoding epochs that were never trained
+    bad = BLOCK.replace("--epoch 2 --avg 2", "--epoch 12 --avg 3")
+    problems = check_commands(split_commands(bad, "bash"))
+    assert len(problems) == 1 and "egs/synth/exp/x/epoch-10.pt" in problems[0]
+
+
+def test_stage_ranges_decide_what_prepare_makes():
+    block = "./prepare.sh --corpus synth --vocab-size 64 --stop-stage 3\n" + BLOCK.split("\n", 2)[2]
+    problems = check_commands(split_commands(block, "bash"))
+    assert problems and all("lang_bpe_64/bpe.model" in p for p in problems)
+
+
+def test_unknown_commands_fail_and_others_are_skipped_explicitly():
+    problems = check_commands(split_commands("make all\npip install -e .\npython -m pytest -q tests", "bash"))
+    assert len(problems) == 1 and "make" in problems[0]
