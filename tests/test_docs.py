@@ -27,7 +27,6 @@ import io
 import re
 import shlex
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -230,7 +229,8 @@ def parse_python(name: str, args: List[str]):
     except SystemExit as e:
         if e.code in (0, None):
             return None
-        raise ValueError(err.getvalue().strip().splitlines()[-1] if err.getvalue() else str(e))
+        message = err.getvalue().strip().splitlines()[-1] if err.getvalue() else str(e)
+        raise ValueError(message) from None
 
 
 @functools.lru_cache(maxsize=None)
@@ -244,7 +244,7 @@ def shell_options(name: str) -> frozenset:
         ["bash", str(REPO / name), "--help"], capture_output=True, text=True, cwd=REPO
     ).stdout
     found = re.findall(r"^\s*--([a-z0-9][a-z0-9-]*)", out, re.M)
-    assert found, f"{name}: no options=\"...\" list and no options in --help"
+    assert found, f'{name}: no options="..." list and no options in --help'
     return frozenset(o.replace("-", "_") for o in found)
 
 
@@ -252,7 +252,9 @@ def shell_options(name: str) -> frozenset:
 def shell_defaults(name: str) -> Dict[str, str]:
     """`name=value  # help` lines of a script (its declared defaults)."""
     defaults: Dict[str, str] = {}
-    for key, value in re.findall(r"^([a-z_][a-z0-9_]*)=(\"[^\"]*\"|\S*)", (REPO / name).read_text(), re.M):
+    for key, value in re.findall(
+        r"^([a-z_][a-z0-9_]*)=(\"[^\"]*\"|\S*)", (REPO / name).read_text(), re.M
+    ):
         if key in shell_options(name) and key not in defaults:
             defaults[key] = value.strip('"')
     return defaults
@@ -364,7 +366,9 @@ def prepare_stages(v: Dict[str, str]):
     labeled = train + unlabeled
 
     def teacher():
-        return teacher_reads(v["teacher_kind"], v["teacher_model"], v["teacher_epoch"], v["teacher_avg"])
+        return teacher_reads(
+            v["teacher_kind"], v["teacher_model"], v["teacher_epoch"], v["teacher_avg"]
+        )
 
     def cuts(d, ps):
         return [f"{d}/{prefix}_cuts_{p}.jsonl.gz" for p in ps]
@@ -373,7 +377,11 @@ def prepare_stages(v: Dict[str, str]):
         0: lambda: ([], [f"{v['dl_dir']}/SynthSpeech"] if prefix == "synth" else []),
         1: lambda: (
             [],
-            [f"{man}/{prefix}_{k}_{p}.jsonl.gz" for p in parts for k in ("recordings", "supervisions")],
+            [
+                f"{man}/{prefix}_{k}_{p}.jsonl.gz"
+                for p in parts
+                for k in ("recordings", "supervisions")
+            ],
         ),
         2: lambda: ([f"{man}/{prefix}_recordings_{p}.jsonl.gz" for p in parts], cuts(fb, parts)),
         3: lambda: (
@@ -389,7 +397,10 @@ def prepare_stages(v: Dict[str, str]):
         5: lambda: (cuts(fb, train) + teacher(), [f"{mvq}/embeddings.pt"]),
         6: lambda: ([f"{mvq}/embeddings.pt"], [f"{mvq}/quantizer.pt"]),
         7: lambda: (cuts(fb, labeled) + [f"{mvq}/quantizer.pt"] + teacher(), cuts(mvq, labeled)),
-        8: lambda: (cuts(nb_in, labeled) + [f"{lang}/bpe.model"] + teacher(), cuts(nb_out, labeled)),
+        8: lambda: (
+            cuts(nb_in, labeled) + [f"{lang}/bpe.model"] + teacher(),
+            cuts(nb_out, labeled),
+        ),
     }
     for s in range(int(v["stage"]), min(int(v["stop_stage"]), 8) + 1):
         reads, makes = stages[s]()
@@ -415,7 +426,9 @@ def effects_train(ns, world: World):
     reads += [f"{md}/{prefix}_cuts_{p}.jsonl.gz" for p in attr(ns, "valid_parts", ["dev"])]
     reads += [p for p in (attr(ns, "musan"), attr(ns, "quantizer")) if p]
     if attr(ns, "teacher_model"):
-        reads += teacher_reads("conformer", ns.teacher_model, attr(ns, "teacher_epoch", 0), attr(ns, "teacher_avg", 1))
+        reads += teacher_reads(
+            "conformer", ns.teacher_model, attr(ns, "teacher_epoch", 0), attr(ns, "teacher_avg", 1)
+        )
     start = attr(ns, "start_epoch", 1)
     if start > 1:
         reads.append(f"{exp}/epoch-{start - 1}.pt")
@@ -436,52 +449,93 @@ def effects_codebook_indexes(ns, world: World):
     yield reads, cuts(ns.output_dir)
 
 
-# egs/synth/run.sh: the data and the experiments it makes, stage by stage.
-SYNTH_DATA = "data/synth"
-SYNTH_VOCAB = "64"
-SYNTH_STUDENT_BASELINE = "student-baseline"
-SYNTH_MAIN_STUDENT = "student-mvq-kd"
-NBEST_GROUPS = {"seq-kd", "combined", "all"}
+def effects_of_command(command: str, world: World):
+    """The effects of a command that a program runs itself (the driver's train.py and
+    decode.py commands): its options parse, then its own path model."""
+    prog = classify(shlex.split(command))
+    try:
+        values = parse_python(prog.name, prog.args)
+    except ValueError as e:
+        raise ValueError(f"runs {command}\n    whose options fail: {e}") from None
+    yield from PYTHON_EFFECTS[prog.name](values, world)
+
+
+def effects_driver(ns, world: World):
+    """local/run_experiments.py: the runs of the experiment matrix it selects, each
+    through the path model of the train.py and decode.py commands it would run."""
+    if ns.list or ns.print_needs or ns.dry_run:
+        return
+    ex = importlib.import_module("mvq_kd.experiments")
+    recipe = ex.Recipe.load(REPO / ns.recipe)
+    overrides = dict(s.split("=", 1) for s in ns.set)
+    for key in ("exp_dir", "teacher_epochs", "student_epochs", "avg"):
+        if getattr(ns, key) is not None:
+            overrides[key] = getattr(ns, key)
+    recipe = recipe.with_settings(overrides)
+    runs = recipe.runs(recipe.select(ns.groups, ns.only, ns.exclude), ns.seeds, ns.exp_suffix)
+    if "train" in ns.steps:
+        for run in runs:
+            yield from effects_of_command(run.command, world)
+    if "decode" in ns.steps:
+        for run in runs:
+            for mode in run.decode_modes():
+                yield from effects_of_command(run.decode_command(mode), world)
+
+
+# egs/synth/run.sh: the driver's runs and prepare.sh's stages, as its stages call them.
+SYNTH_MAIN_MODELS = ["teacher", "student-baseline"]  # its stages 1 and 2; students: 3-5
 
 
 def effects_synth_run(v, world: World):
-    exp = v.get("exp", "egs/synth/exp")
-    t_epochs = int(v.get("teacher_epochs", 10))
-    s_epochs = int(v.get("student_epochs", 10))
-    avg = int(v.get("avg", 3))
-    groups = set(v.get("groups", "main").split())
-    lang = f"{SYNTH_DATA}/lang_bpe_{SYNTH_VOCAB}"
-    prep = {
-        "corpus": "synth", "vocab_size": SYNTH_VOCAB, "dl_dir": "download", "data_dir": "",
-        "mvq_dir": "", "nbest_dir": "", "nbest_input_dir": "", "teacher_kind": "conformer",
-        "teacher_model": f"{exp}/teacher", "teacher_epoch": str(t_epochs), "teacher_avg": str(avg),
-    }
-    fbank = [f"{SYNTH_DATA}/fbank/synth_cuts_{p}.jsonl.gz" for p in ("train", "dev")]
+    driver = "local/run_experiments.py"
+    settings = ["--exp-dir", v["exp"], "--teacher-epochs", v["teacher_epochs"],
+                "--student-epochs", v["student_epochs"], "--avg", v["avg"],
+                "--seeds", *v["seeds"].split()]  # fmt: skip
+    students = ["--groups", *v["groups"].split()]
+    students += ["--only", *v["only"].split()] if v["only"].split() else []
+    students += ["--exclude", *SYNTH_MAIN_MODELS, f"--exp-suffix={v['exp_suffix']}"]
+
+    def drive(*args):
+        return effects_driver(parse_python(driver, settings + list(args)), world)
+
+    teacher = {
+        "teacher_kind": "conformer", "teacher_model": f"{v['exp']}/teacher",
+        "teacher_epoch": v["teacher_epochs"], "teacher_avg": v["avg"],
+    }  # fmt: skip
+    prep = dict(shell_defaults("prepare.sh"), corpus="synth", vocab_size="64", **teacher)
     stage, stop = int(v["stage"]), int(v["stop_stage"])
     for s in range(stage, min(stop, 5) + 1):
         if s == 0:
             yield from effects_prepare(dict(prep, stage="0", stop_stage="4"), world)
         elif s == 1:
-            yield [f"{lang}/bpe.model"] + fbank, checkpoints(f"{exp}/teacher", t_epochs, t_epochs)
+            yield from drive("--only", "teacher", "--steps", "train")
         elif s == 2:
-            yield [f"{lang}/bpe.model"] + fbank, checkpoints(
-                f"{exp}/{SYNTH_STUDENT_BASELINE}", s_epochs, s_epochs
-            )
+            yield from drive("--only", "student-baseline", "--steps", "train")
         elif s == 3:
-            yield from effects_prepare(dict(prep, stage="5", stop_stage="7"), world)
-            if groups & NBEST_GROUPS:
-                yield from effects_prepare(dict(prep, stage="8", stop_stage="8"), world)
+            ns = parse_python(driver, settings + students)
+            ex = importlib.import_module("mvq_kd.experiments")
+            recipe = ex.Recipe.load(REPO / ns.recipe)
+            needs = recipe.needs(recipe.select(ns.groups, ns.only, ns.exclude))
+            if "mvq" in needs:
+                yield from effects_prepare(dict(prep, stage="5", stop_stage="7"), world)
+            for need, source in (("nbest", "data/synth/fbank"), ("mvq-nbest", "data/synth/mvq")):
+                if need in needs:
+                    yield from effects_prepare(
+                        dict(prep, stage="8", stop_stage="8", nbest_input_dir=source,
+                             nbest_dir=f"data/synth/{need}"), world)  # fmt: skip
         elif s == 4:
-            reads = [f"{SYNTH_DATA}/mvq/synth_cuts_train.jsonl.gz"]
-            yield reads, checkpoints(f"{exp}/{SYNTH_MAIN_STUDENT}", s_epochs, s_epochs)
+            yield from drive(*students, "--steps", "train")
         elif s == 5:
-            yield [], ["egs/synth/results.csv", "egs/synth/RESULTS.md"]
+            if not v["exp_suffix"]:
+                yield from drive("--only", *SYNTH_MAIN_MODELS, "--steps", "decode", "rows")
+            yield from drive(*students, "--steps", "decode", "rows")
 
 
 PYTHON_EFFECTS = {
     "train.py": effects_train,
     "decode.py": effects_decode,
     "local/compute_codebook_indexes.py": effects_codebook_indexes,
+    "local/run_experiments.py": effects_driver,
 }
 SHELL_EFFECTS = {
     "prepare.sh": effects_prepare,
@@ -518,7 +572,8 @@ def check_commands(commands: List[Command]) -> List[str]:
         if effects is None:
             if prog.name not in UNMODELLED:
                 problems.append(
-                    f"{cmd.where()}\n    no path model for {prog.name}: add one or list it in UNMODELLED"
+                    f"{cmd.where()}\n    no path model for {prog.name}: "
+                    "add one or list it in UNMODELLED"
                 )
             continue
         try:
@@ -561,7 +616,9 @@ def test_relative_links_of_the_docs_exist():
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
             if re.match(r"^[a-z]+:", target):
                 continue
-            assert (page.parent / target).exists(), f"{page.relative_to(REPO)}: broken link {target}"
+            assert (page.parent / target).exists(), (
+                f"{page.relative_to(REPO)}: broken link {target}"
+            )
 
 
 # The checker itself: it must catch what it is for.
@@ -603,8 +660,8 @@ def test_a_wrong_option_of_a_shell_script_fails():
 
 def test_a_path_read_before_it_is_made_fails():
     # the BPE model of another vocabulary: nothing made it
-    bad = BLOCK.replace("./train.py --exp-dir egs/synth/exp/x --num-epochs 2 \\\n    --bpe-model data/synth/lang_bpe_64",
-                        "./train.py --exp-dir egs/synth/exp/x --num-epochs 2 \\\n    --bpe-model data/synth/lang_bpe_256")
+    train = BLOCK.split("\n")[2:4]
+    bad = BLOCK.replace("\n".join(train), "\n".join(train).replace("bpe_64", "bpe_256"))
     problems = check_commands(split_commands(bad, "bash"))
     assert len(problems) == 1 and "lang_bpe_256/bpe.model" in problems[0]
     # decoding epochs that were never trained
@@ -620,5 +677,23 @@ def test_stage_ranges_decide_what_prepare_makes():
 
 
 def test_unknown_commands_fail_and_others_are_skipped_explicitly():
-    problems = check_commands(split_commands("make all\npip install -e .\npython -m pytest -q tests", "bash"))
+    problems = check_commands(
+        split_commands("make all\npip install -e .\npython -m pytest -q tests", "bash")
+    )
     assert len(problems) == 1 and "make" in problems[0]
+
+
+def test_the_recipe_model_follows_its_stages_and_the_experiment_matrix():
+    # stage 3 makes the N-best lists the seq-kd students read; skipping it is caught
+    ok = "egs/synth/run.sh --stop-stage 2\negs/synth/run.sh --stage 3 --groups seq-kd\n"
+    assert check_commands(split_commands(ok, "bash")) == []
+    bad = ok.replace("--stage 3", "--stage 4")
+    problems = check_commands(split_commands(bad, "bash"))
+    assert problems and all("data/synth/nbest/" in p for p in problems)
+    # students of a teacher checkpoint that was never trained
+    bad = ok.replace("--stage 3", "--stage 3 --teacher-epochs 20")
+    problems = check_commands(split_commands(bad, "bash"))
+    assert problems and "egs/synth/exp/teacher/epoch-20.pt" in problems[0]
+    # the driver's own options
+    problems = check_commands(split_commands("local/run_experiments.py --group main", "bash"))
+    assert problems and "--group" in problems[0]
