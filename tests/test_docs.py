@@ -336,8 +336,8 @@ def checkpoints(exp, last: int, avg: int = 1) -> List[str]:
 def teacher_reads(kind: str, model, epoch, avg) -> List[str]:
     if not model:
         return []
-    if kind == "hf":  # a transformers hub name or a user's checkpoint
-        return [model] if str(model).startswith(("/", ".", "egs/", "data/", "download/")) else []
+    if kind == "hf":  # a transformers folder or fairseq checkpoint (a hub name: an exception)
+        return [model]
     if int(epoch) <= 0:
         raise ValueError("a train.py teacher needs --teacher-epoch")
     return checkpoints(model, int(epoch), int(avg))
