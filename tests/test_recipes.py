@@ -1,14 +1,31 @@
-"""The recipes' commands: every train.py / decode.py command that
-egs/librispeech/run.sh prints (--dry-run) parses with the programs' own options; every
-train.py command of egs/synth/run.sh parses, and an interrupted training resumes."""
+"""The recipes' commands.
 
+egs/librispeech/run.sh: every train.py / decode.py command it prints (--dry-run) parses.
+egs/synth: the experiment matrix (egs/synth/experiments.yaml) run by local/run_experiments.py
+gives commands that parse with the programs' own options, folders named by seed and suffix,
+resumes interrupted trainings, skips finished ones, trains several at once; egs/synth/run.sh
+hands its options to that driver stage by stage.
+"""
+
+import importlib.util
+import logging
 import os
 import shlex
 import subprocess
+from pathlib import Path
+
+import pytest
 
 import decode as decode_cli
 import train as train_cli
+from mvq_kd.experiments import GROUPS, Recipe, RecipeError
+from mvq_kd.results import Row
 from tests.conftest import REPO
+
+RECIPE = REPO / "egs/synth/experiments.yaml"
+spec = importlib.util.spec_from_file_location("run_experiments", REPO / "local/run_experiments.py")
+driver = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(driver)
 
 
 def dry_run(*args) -> list:
@@ -39,83 +56,220 @@ def test_librispeech_commands_parse():
         assert option in combined
 
 
-def synth_run(exp, *args, python="echo", check=True) -> subprocess.CompletedProcess:
-    """egs/synth/run.sh with ``echo`` as the Python interpreter: each training writes its
-    command line to ``<exp>/<name>/train.log`` instead of running."""
-    env = dict(os.environ, PYTHON=python)
-    env.pop("OMP_NUM_THREADS", None)
-    return subprocess.run(
-        ["bash", "egs/synth/run.sh", "--exp", str(exp), *args],
-        cwd=REPO, capture_output=True, text=True, check=check, env=env,
-    )  # fmt: skip
+@pytest.fixture
+def drive(capsys, caplog, monkeypatch):
+    """local/run_experiments.py in this process (it works from the repository root): its
+    printed commands and log messages."""
+    monkeypatch.chdir(REPO)
+    caplog.set_level(logging.INFO)
+
+    def run(exp, *args) -> str:
+        capsys.readouterr()
+        caplog.clear()
+        driver.main(["--exp-dir", str(exp), *args])
+        return capsys.readouterr().out + caplog.text
+
+    return run
 
 
-def test_synth_commands_parse(tmp_path):
-    synth_run(tmp_path, "--stage", "1", "--stop-stage", "2")
-    synth_run(tmp_path, "--stage", "6", "--stop-stage", "6", "--all", "true")
-    parser = train_cli.get_parser()
-    logs = sorted(tmp_path.glob("*/train.log"))
-    # Teacher, streaming baseline, MVQ-KD, 6 frame-level baselines, 4 layer-wise,
-    # 7 sequence-level, 6 combined (MVQ-KD or L2 + layer-wise + sequence-level, L2 +
-    # sequence-level on the unlabeled split; streaming or not).
-    assert len(logs) == 2 + 1 + 6 + 4 + 7 + 6
-    for log in logs:
-        (cmd,) = [shlex.split(line) for line in log.read_text().splitlines()]
-        args = parser.parse_args(cmd[1:])  # exits on an unknown option
-        assert args.exp_dir == tmp_path / log.parent.name
+def commands(out: str, program: str) -> list:
+    """The argument lists after ``program`` of the driver's '+ ' lines."""
+    cmds = [shlex.split(line[2:]) for line in out.splitlines() if line.startswith("+ ")]
+    return [c[c.index(program) + 1 :] for c in cmds if program in c]
+
+
+def test_experiments_per_group():
+    recipe = Recipe.load(RECIPE)
+    counts = {g: len(recipe.select([g])) for g in GROUPS}
+    # main: teacher, streaming baseline, MVQ-KD; kd-baselines: 2 streaming L2, the
+    # non-streaming baseline, MVQ-KD and 2 L2; layerwise: 3 ablations + unlabeled; seq-kd:
+    # 3 baselines, 3 sizes, 2 unlabeled; combined: MVQ or L2 + layer-wise + sequence-level,
+    # L2 + sequence-level on the unlabeled split, streaming or not.
+    assert counts == {"main": 3, "kd-baselines": 6, "layerwise": 4, "seq-kd": 8, "combined": 6}
+    assert len(recipe.select(["all"])) == len(recipe.experiments) == 26
+    assert recipe.needs(recipe.select(["main"])) == ["mvq"]
+    assert recipe.needs(recipe.select(["seq-kd"])) == ["nbest"]
+    assert recipe.needs(recipe.select(["combined"])) == ["mvq", "nbest", "mvq-nbest"]
+    assert recipe.needs(recipe.select(["layerwise"])) == []
+    with pytest.raises(RecipeError, match="no experiment 'student-nope'"):
+        recipe.select(only=["student-nope"])
+
+
+def test_synth_commands_parse(tmp_path, drive):
+    out = drive(tmp_path, "--groups", "all", "--dry-run",
+                     "--steps", "train", "decode")  # fmt: skip
+    trains, decodes = commands(out, "./train.py"), commands(out, "./decode.py")
+    assert len(trains) == 26
+    assert len(decodes) == 26 + 11  # streaming models decode simulated and chunked
+    for cmd in decodes:
+        args = decode_cli.get_parser().parse_args(cmd)  # exits on an unknown option
+        assert args.epoch == 10 and args.avg == 3
+    for cmd in trains:
+        args = train_cli.get_parser().parse_args(cmd)
+        name = args.exp_dir.name
+        assert args.exp_dir.parent == tmp_path and args.seed == 42
         assert args.num_epochs == 10 and args.start_epoch == 1
-        if log.parent.name.endswith("combined-l2-unlabeled"):  # pseudo labels: unlabeled only
+        if name.endswith("combined-l2-unlabeled"):  # pseudo labels: unlabeled only
             assert args.pseudo_labels == "nbest" and args.ground_truth_weight == 1
             assert args.unlabeled_parts == ["train-unlabeled"] and args.unlabeled_ratio == 0.5
             assert args.embedding_source == "teacher" and args.feature_loss_scale == 0
             assert args.attention_loss_scale == args.apc_loss_scale == 0  # no layer-wise KD
-        elif "combined" in log.parent.name:  # all three families in one run
+        elif "combined" in name:  # all three families in one run
             assert args.pseudo_labels == "nbest" and args.layerwise_connections == 2
-            if "combined-l2" in log.parent.name:
+            if "combined-l2" in name:
                 assert args.embedding_source == "teacher" and args.quantizer is None
             else:
                 assert args.quantizer is not None
+        if args.teacher_model is not None:
+            assert str(args.teacher_model) == str(tmp_path / "teacher") and args.teacher_epoch == 10
 
 
-def test_synth_training_resumes_after_last_epoch(tmp_path):
-    teacher = tmp_path / "teacher"
-    stage1 = ("--stage", "1", "--stop-stage", "1")
-    synth_run(tmp_path, *stage1)
+def test_seeds_and_suffix_name_the_folders(tmp_path, drive):
+    out = drive(tmp_path, "--only", "teacher", "student-l2-teacher",
+                     "--seeds", "42", "43", "--exp-suffix", "-t20", "--teacher-epochs", "20",
+                     "--dry-run", "--steps", "train")  # fmt: skip
+    by_folder = {Path(c[c.index("--exp-dir") + 1]).name: c for c in commands(out, "./train.py")}
+    # The suffix names students only: the teacher they learn from stays `teacher`.
+    assert list(by_folder) == ["teacher", "teacher-seed43", "student-l2-teacher-t20",
+                               "student-l2-teacher-t20-seed43"]  # fmt: skip
+    for folder, cmd in by_folder.items():
+        args = train_cli.get_parser().parse_args(cmd)
+        assert args.seed == (43 if folder.endswith("-seed43") else 42)
+    args = train_cli.get_parser().parse_args(by_folder["student-l2-teacher-t20-seed43"])
+    assert str(args.teacher_model) == str(tmp_path / "teacher") and args.teacher_epoch == 20
+    assert args.num_epochs == 10
+    assert train_cli.get_parser().parse_args(by_folder["teacher"]).num_epochs == 20
+    run = (
+        Recipe.load(RECIPE)
+        .with_settings({"teacher_epochs": 20})
+        .run(Recipe.load(RECIPE).experiment("student-l2-teacher"), 43, "-t20")
+    )
+    assert run.name == "student-l2-teacher-t20-seed43" and run.teacher == "teacher@20"
+
+
+def test_settings_override(tmp_path, drive):
+    out = drive(tmp_path, "--only", "student-nonstreaming-4x80-seq-kd",
+                     "--set", "ground_truth_weight=0.8", "pseudo_labels=1best", "--dry-run",
+                     "--steps", "train")  # fmt: skip
+    (cmd,) = commands(out, "./train.py")
+    args = train_cli.get_parser().parse_args(cmd)
+    assert args.ground_truth_weight == 0.8 and args.pseudo_labels == "1best"
+    with pytest.raises(RecipeError, match="no setting nope"):
+        drive(tmp_path, "--set", "nope=1", "--dry-run")
+
+
+def fake_python(path: Path, body: str) -> str:
+    path.write_text("#!/usr/bin/env bash\n" + body)
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_training_resumes_after_last_epoch_and_skips_finished(tmp_path, drive):
+    exp = tmp_path / "exp"
+    stub = fake_python(tmp_path / "python", 'echo "$*"\n')  # records its arguments
+    teacher = exp / "teacher"
+    args = ("--only", "teacher", "--steps", "train", "--python", stub)
+    drive(exp, *args)
     first = (teacher / "train.log").read_text()
-    assert "--start-epoch" not in first
+    assert first.startswith("./train.py --exp-dir") and "--start-epoch" not in first
     for n in (1, 2, 3):  # an interrupted run: epochs 1-3 saved
         (teacher / f"epoch-{n}.pt").touch()
-    out = synth_run(tmp_path, *stage1).stdout
+    out = drive(exp, *args)
     assert f"resuming after {teacher}/epoch-3.pt" in out
     lines = (teacher / "train.log").read_text().splitlines()
     assert lines[0] == first.strip()  # appended, not overwritten
     assert lines[1] == first.strip() + " --start-epoch 4"
     (teacher / "epoch-10.pt").touch()
-    assert "teacher is trained, skipping" in synth_run(tmp_path, *stage1).stdout
+    assert "teacher is trained, skipping" in drive(exp, *args)
     assert len((teacher / "train.log").read_text().splitlines()) == 2
+    # A finished run is not printed by a dry run either; an unfinished one is.
+    out = drive(exp, "--only", "teacher", "student-baseline",
+                     "--dry-run", "--steps", "train")  # fmt: skip
+    assert [Path(c[1]).name for c in commands(out, "./train.py")] == ["student-baseline"]
 
 
-def test_synth_students_train_in_parallel_jobs(tmp_path):
-    stub = tmp_path / "python"  # records its arguments and thread count, takes a while
-    stub.write_text('#!/usr/bin/env bash\necho "$* threads=$OMP_NUM_THREADS"; sleep 0.5\n')
-    stub.chmod(0o755)
-    args = ("--stage", "6", "--stop-stage", "6", "--seq-kd", "true", "--train-jobs", "2")
-    out = synth_run(tmp_path / "exp", *args, python=str(stub)).stdout
-    assert out.count("in the background, one thread") == 9  # MVQ-KD + 8
+def test_students_train_in_parallel_jobs(tmp_path, drive):
+    stub = fake_python(tmp_path / "python", 'echo "$* threads=$OMP_NUM_THREADS"; sleep 0.3\n')
+    args = ("--groups", "seq-kd", "--steps", "train", "--train-jobs", "2", "--python", stub)
+    out = drive(tmp_path / "exp", *args)
+    assert out.count("in the background, one thread") == 8
     logs = sorted((tmp_path / "exp").glob("*/train.log"))
-    assert len(logs) == 9
+    assert len(logs) == 8
     assert all(log.read_text().strip().endswith("threads=1") for log in logs)
 
-    stub.write_text("#!/usr/bin/env bash\nexit 3\n")  # a failing training stops the stage
-    proc = synth_run(tmp_path / "exp2", *args, python=str(stub), check=False)
-    assert proc.returncode != 0 and "Done" not in proc.stdout
+    fake_python(tmp_path / "python", "sleep 0.2; exit 3\n")  # a failing training stops the rest
+    with pytest.raises(RuntimeError, match="training failed: student-nonstreaming-"):
+        drive(tmp_path / "exp2", *args)
+    assert len(list((tmp_path / "exp2").glob("*/train.log"))) == 2  # the first two only
 
 
-def test_synth_students_again_from_another_teacher_checkpoint(tmp_path):
-    synth_run(tmp_path, "--stage", "6", "--stop-stage", "6", "--combined", "true",
-              "--teacher-epochs", "20", "--exp-suffix", "-teacher-epoch20",
-              "--students", "student-combined-l2-light")  # fmt: skip
-    (log,) = tmp_path.glob("*/train.log")
-    assert log.parent.name == "student-combined-l2-light-teacher-epoch20"
-    args = train_cli.get_parser().parse_args(shlex.split(log.read_text())[1:])
-    assert args.exp_dir == log.parent and args.teacher_epoch == 20
+def test_decoding_skips_decoded_models(tmp_path, drive):
+    args = ("--only", "student-baseline", "--dry-run", "--steps", "decode")
+    out = drive(tmp_path, *args)
+    modes = [decode_cli.get_parser().parse_args(c).streaming for c in commands(out, "./decode.py")]
+    assert modes == ["simulated", "chunked"]
+    exp = tmp_path / "student-baseline"
+    (exp / "greedy_search").mkdir(parents=True)
+    (exp / "epoch-10.pt").touch()
+    for part in ("test-clean", "test-other"):  # the names decode.py writes
+        name = f"wer-summary-{part}-epoch-10-avg-3-simulated-chunk-4-left-16.txt"
+        (exp / "greedy_search" / name).write_text("settings\tWER\nx\t1.0\n")
+    out = drive(tmp_path, *args)
+    modes = [decode_cli.get_parser().parse_args(c).streaming for c in commands(out, "./decode.py")]
+    assert modes == ["chunked"] and "decoded (epoch-10-avg-3-simulated" in out
+
+
+def test_current_recipe_rows():
+    recipe = Recipe.load(RECIPE)
+    run = recipe.run(recipe.experiment("student-l2-teacher"), 43)
+
+    def row(**changes) -> Row:
+        cells = dict(
+            exp=run.name,
+            role="student",
+            family="l2",
+            method=run.method,
+            streaming=True,
+            params_m=1.89,
+            epochs=10,
+            seed=43,
+            teacher=run.teacher,
+            test_clean=50.0,
+            test_other=70.0,
+            train_minutes=20,
+            command=run.command,
+        )
+        return Row(**{**cells, **changes})  # fmt: skip
+
+    assert recipe.is_current(row())
+    assert not recipe.is_current(row(teacher="teacher@10 (run of 2026-12-02)"))
+    assert not recipe.is_current(row(command=run.command.replace("--kd-layer 0", "--kd-layer 3")))
+    old = recipe.run(recipe.experiment("student-l2-teacher"), 42)
+    unseeded = old.command.replace(" --seed 42", "")  # rows from before --seed was explicit
+    assert recipe.is_current(row(exp=old.name, seed=42, command=unseeded))
+    assert not recipe.is_current(row(exp="student-l2-teacher-x", seed=42, command=unseeded))
+
+
+def test_run_sh_hands_its_options_to_the_driver(tmp_path):
+    """run.sh with ``echo`` as Python: stages 1-5 print the driver commands they would run."""
+    env = dict(os.environ, PYTHON="echo")
+    out = subprocess.run(
+        ["bash", "egs/synth/run.sh", "--stage", "1", "--exp", str(tmp_path), "--groups",
+         "seq-kd layerwise", "--seeds", "42 43", "--train-jobs", "2", "--exp-suffix", "-x",
+         "--teacher-epochs", "20"],
+        cwd=REPO, capture_output=True, text=True, check=True, env=env,
+    ).stdout  # fmt: skip
+    calls = [shlex.split(line)[1:] for line in out.splitlines()
+             if line.startswith("local/run_experiments.py")]  # fmt: skip
+    parsed = [driver.get_parser().parse_args(driver._join_suffix(c)) for c in calls]
+    assert [(a.only, a.steps) for a in parsed] == [
+        (["teacher"], ["train"]),
+        (["student-baseline"], ["train"]),
+        ([], ["train"]),  # stage 4: the students of the groups
+        ([], ["decode", "rows"]),  # stage 5 (--exp-suffix: not the teacher's row)
+    ]
+    for a in parsed:
+        assert a.seeds == [42, 43] and a.teacher_epochs == 20 and a.exp_dir == str(tmp_path)
+    assert parsed[2].groups == ["seq-kd", "layerwise"] and parsed[2].train_jobs == 2
+    assert parsed[2].exclude == ["teacher", "student-baseline"] and parsed[2].exp_suffix == "-x"
+    assert parsed[0].exp_suffix == ""
