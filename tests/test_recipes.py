@@ -12,6 +12,7 @@ import logging
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ import pytest
 import decode as decode_cli
 import train as train_cli
 from mvq_kd.experiments import GROUPS, Recipe, RecipeError
-from mvq_kd.results import Row
+from mvq_kd.results import Row, read_rows
 from tests.conftest import REPO
 
 RECIPE = REPO / "egs/synth/experiments.yaml"
@@ -273,3 +274,54 @@ def test_run_sh_hands_its_options_to_the_driver(tmp_path):
     assert parsed[2].groups == ["seq-kd", "layerwise"] and parsed[2].train_jobs == 2
     assert parsed[2].exclude == ["teacher", "student-baseline"] and parsed[2].exp_suffix == "-x"
     assert parsed[0].exp_suffix == ""
+
+
+FAKE_PROGRAMS = r'''#!/usr/bin/env python3
+"""train.py / decode.py stand-in: writes what the real programs write, instantly."""
+import json, sys
+from pathlib import Path
+
+args = sys.argv[1:]
+exp = Path(args[args.index("--exp-dir") + 1])
+if args[0] == "./train.py":
+    epochs = int(args[args.index("--num-epochs") + 1])
+    exp.mkdir(parents=True, exist_ok=True)
+    (exp / f"epoch-{epochs}.pt").touch()
+    kd = {"codebook_loss_scale": 0.1} if "--quantizer" in args else None
+    summary = {"params": 1_886_000, "epochs": epochs, "train_seconds": 600, "distillation": kd}
+    (exp / "train-summary.json").write_text(json.dumps(summary))
+else:
+    suffix = f"epoch-{args[args.index('--epoch') + 1]}-avg-{args[args.index('--avg') + 1]}"
+    if "--streaming" in args:
+        suffix += f"-{args[args.index('--streaming') + 1]}-chunk-4-left-16"
+    (exp / "greedy_search").mkdir(exist_ok=True)
+    for part, wer in (("test-clean", 50.0), ("test-other", 75.5)):
+        wer += 1 if "chunked" in args else 0
+        (exp / "greedy_search" / f"wer-summary-{part}-{suffix}.txt").write_text(
+            f"settings\tWER\n{suffix}\t{wer}\n"
+        )
+'''
+
+
+def test_train_decode_rows_end_to_end(tmp_path, drive):
+    """The three steps with stand-ins of train.py and decode.py: rows in the csv, with the
+    simulated-streaming WER of streaming models, and RESULTS.md rendered from them."""
+    stub = tmp_path / "fake_python"
+    stub.write_text(FAKE_PROGRAMS.replace("#!/usr/bin/env python3", f"#!{sys.executable}"))
+    stub.chmod(0o755)
+    csv, md = tmp_path / "results.csv", tmp_path / "RESULTS.md"
+    args = ("--groups", "main", "--seeds", "42", "43", "--python", str(stub))
+    out = drive(tmp_path / "exp", *args, "--results-csv", str(csv), "--results-md", str(md))
+    rows = read_rows(csv)
+    assert [r.exp for r in rows] == ["teacher", "teacher-seed43", "student-baseline",
+                                     "student-baseline-seed43", "student-mvq-kd",
+                                     "student-mvq-kd-seed43"]  # fmt: skip
+    mvq = rows[-1]
+    assert (mvq.family, mvq.seed, mvq.teacher, mvq.streaming) == ("mvq", 43, "teacher@10", True)
+    assert (mvq.test_clean, mvq.test_other, mvq.train_minutes) == (50.0, 75.5, 10)
+    assert mvq.command.startswith(f"./train.py --exp-dir {tmp_path}/exp/student-mvq-kd-seed43 ")
+    assert "regenerated" in out and md.read_text().startswith("# Results on the embedded")
+    # Re-running skips what is done: no training, no decoding, the same rows.
+    out = drive(tmp_path / "exp", *args, "--results-csv", str(csv), "--results-md", str(md))
+    assert out.count("is trained, skipping") == 6 and "decoding " not in out
+    assert read_rows(csv) == rows
