@@ -8,7 +8,7 @@ for its training, decoding and results stages. Examples (from the repository roo
     local/run_experiments.py --groups seq-kd --dry-run      # the commands it would run
     local/run_experiments.py --groups all --seeds 42 43 44 --train-jobs 2
     local/run_experiments.py --only student-l2-teacher --teacher-epochs 20 \\
-        --exp-suffix -teacher-epoch20                       # students of another checkpoint
+        --exp-suffix=-teacher-epoch20                       # students of another checkpoint
     local/run_experiments.py --steps render                 # regenerate RESULTS.md
 
 Seed 42 trains in <exp-dir>/<name>, seed N in <exp-dir>/<name>-seed<N>. Training skips
@@ -51,7 +51,8 @@ def get_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=["main"],
         choices=["all", *ex.GROUPS],
-        help="groups of experiments to run (all: every group)",
+        metavar="GROUP",
+        help=f"groups of experiments to run: {', '.join(ex.GROUPS)} or all (every group)",
     )
     p.add_argument(
         "--only",
@@ -72,6 +73,7 @@ def get_parser() -> argparse.ArgumentParser:
         nargs="+",
         type=int,
         default=[ex.DEFAULT_SEED],
+        metavar="N",
         help="train every selected experiment with each seed (folder <name> for "
         f"{ex.DEFAULT_SEED}, <name>-seed<N> for the others)",
     )
@@ -79,7 +81,8 @@ def get_parser() -> argparse.ArgumentParser:
         "--exp-suffix",
         default="",
         help="appended to every student's folder name (e.g. students from another "
-        "teacher checkpoint in folders of their own)",
+        "teacher checkpoint in folders of their own); write --exp-suffix=-x for a suffix "
+        "that starts with a dash",
     )
     p.add_argument(
         "--exp-dir",
@@ -118,6 +121,7 @@ def get_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=["train", "decode", "rows"],
         choices=ex.STEPS,
+        metavar="STEP",
         help="what to do: train, decode, rows (results.csv + RESULTS.md), render "
         "(RESULTS.md from results.csv only)",
     )
