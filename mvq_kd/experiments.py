@@ -176,6 +176,7 @@ class Recipe:
         )
 
     def experiment(self, name: str) -> Experiment:
+        """The experiment called ``name``."""
         for e in self.experiments:
             if e.name == name:
                 return e
@@ -285,6 +286,10 @@ def _experiment(entry: Mapping, path: Path) -> Experiment:
                             "teacher", "needs", "epochs"}  # fmt: skip
     if unknown:
         raise RecipeError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
+    missing = [k for k in ("group", "role", "family", "method", "streaming", "options")
+               if k not in entry]  # fmt: skip
+    if missing:
+        raise RecipeError(f"{where}: no {', '.join(missing)} (see the file's header)")
     groups = entry["group"]
     groups = tuple([groups] if isinstance(groups, str) else groups)
     checks = [

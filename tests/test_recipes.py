@@ -325,3 +325,26 @@ def test_train_decode_rows_end_to_end(tmp_path, drive):
     out = drive(tmp_path / "exp", *args, "--results-csv", str(csv), "--results-md", str(md))
     assert out.count("is trained, skipping") == 6 and "decoding " not in out
     assert read_rows(csv) == rows
+
+
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        (("streaming: true, options: [small, streaming]", "streaming: false, options: "
+          "[small, streaming]"), "streaming is False but its options say --causal true"),
+        (("options: [small, streaming, mvq_kd]", "options: [small, streaming, mvq]"),
+         "no option set mvq in option_sets"),
+        (("teacher: teacher, needs: [mvq], options: [small, streaming, mvq_kd]",
+          "needs: [mvq], options: [small, streaming, mvq_kd]"),
+         "a distilled student names its teacher"),
+        (("{kd_layer} --codebook", "{kd_layers} --codebook"), r"no value for \{kd_layers\}"),
+        (("group: main, role: teacher,", "role: teacher,"), "'teacher': no group"),
+    ],
+)  # fmt: skip
+def test_recipe_mistakes_are_explained(tmp_path, change, error):
+    text = RECIPE.read_text()
+    assert change[0] in text
+    broken = tmp_path / "experiments.yaml"
+    broken.write_text(text.replace(change[0], change[1], 1))
+    with pytest.raises(RecipeError, match=error):
+        Recipe.load(broken)
