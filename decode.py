@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Decode test sets with a trained transducer (averaged epoch checkpoints).
+r"""Decode test sets with a trained transducer (averaged epoch checkpoints).
 
     ./decode.py --exp-dir egs/synth/exp/teacher --epoch 10 --avg 3 \
         --bpe-model data/synth/lang_bpe_500/bpe.model --decoding-method modified_beam_search
@@ -14,45 +14,35 @@ import logging
 import sys
 from pathlib import Path
 
+from mvq_kd.checkpoint import load_model
+from mvq_kd.cli import add_config_args, config_from_args, make_parser
 from mvq_kd.dataset import load_cuts
-from mvq_kd.evaluate import (
-    DECODING_METHODS,
-    DecodeOptions,
-    decode_cuts,
-    decode_suffix,
-    load_model,
-    write_results,
-)
-from mvq_kd.trainer import pick_device
+from mvq_kd.device import pick_device
+from mvq_kd.evaluate import DecodeOptions, decode_cuts, decode_suffix, write_results
 from mvq_kd.utils import setup_logging
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--exp-dir", type=Path, required=True)
-    p.add_argument("--epoch", type=int, required=True, help="last epoch checkpoint to use")
-    p.add_argument("--avg", type=int, default=1, help="number of epoch checkpoints averaged")
-    p.add_argument("--bpe-model", type=Path, required=True)
-    p.add_argument("--manifest-dir", type=Path, default=Path("data/synth/fbank"))
-    p.add_argument("--prefix", default="synth")
-    p.add_argument("--test-parts", nargs="+", default=["test-clean", "test-other"])
-    p.add_argument("--decoding-method", default="greedy_search", choices=DECODING_METHODS)
-    p.add_argument("--beam-size", type=int, default=4)
-    p.add_argument("--streaming", default="simulated", choices=["simulated", "chunked"])
-    p.add_argument(
-        "--chunk-size",
-        type=int,
-        default=None,
-        help="encoder frames per chunk (causal models; default: the model's)",
+    p = make_parser(__doc__)
+    m = p.add_argument_group("model")
+    m.add_argument("--exp-dir", type=Path, required=True, help="the train.py experiment folder")
+    m.add_argument("--epoch", type=int, required=True, help="last epoch checkpoint to use")
+    m.add_argument("--avg", type=int, default=1, help="number of epoch checkpoints averaged")
+    m.add_argument("--bpe-model", type=Path, required=True, help="the model's BPE model")
+    m.add_argument("--device", default="auto", help="auto: the GPU if there is one, else the CPU")
+    d = p.add_argument_group("test sets: <manifest-dir>/<prefix>_cuts_<part>.jsonl.gz")
+    d.add_argument(
+        "--manifest-dir",
+        type=Path,
+        default=Path("data/synth/fbank"),
+        help="folder of the cut manifests",
     )
-    p.add_argument(
-        "--left-context",
-        type=int,
-        default=None,
-        help="encoder frames of left context (default: the model's)",
+    d.add_argument("--prefix", default="synth", help="cut manifest prefix (synth, librispeech)")
+    d.add_argument(
+        "--test-parts", nargs="+", default=["test-clean", "test-other"], help="parts decoded"
     )
-    p.add_argument("--max-duration", type=float, default=300.0)
-    p.add_argument("--device", default="auto")
+    d.add_argument("--max-duration", type=float, default=300.0, help="seconds of audio per batch")
+    add_config_args(p, DecodeOptions, "search")
     return p
 
 
@@ -62,13 +52,7 @@ def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
     setup_logging()
     device = pick_device(args.device)
-    opts = DecodeOptions(
-        method=args.decoding_method,
-        beam=args.beam_size,
-        chunk_size=args.chunk_size,
-        left_context=args.left_context,
-        streaming=args.streaming,
-    )
+    opts = config_from_args(DecodeOptions, args)
     model, paths = load_model(args.exp_dir, args.epoch, args.avg, device)
     logging.info(f"Averaged {[p.name for p in paths]}: {model.num_params() / 1e6:.2f} M params")
     sp = spm.SentencePieceProcessor(model_file=str(args.bpe_model))

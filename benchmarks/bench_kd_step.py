@@ -38,13 +38,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mvq_kd.codebooks import EMBEDDING_FIELD, INDEX_FIELD, TeacherSpec  # noqa: E402
+from mvq_kd.config import OptimConfig, TrainConfig  # noqa: E402
 from mvq_kd.dataset import DataConfig, load_cuts, make_sampler, train_dataset  # noqa: E402
+from mvq_kd.fields import EMBEDDING_FIELD, INDEX_FIELD  # noqa: E402
 from mvq_kd.kd.frame import FrameKdConfig  # noqa: E402
 from mvq_kd.kd.layerwise import LayerwiseKdConfig  # noqa: E402
 from mvq_kd.model.encoder import EncoderConfig  # noqa: E402
 from mvq_kd.model.transducer import TransducerConfig  # noqa: E402
-from mvq_kd.trainer import OptimConfig, TrainConfig, Trainer  # noqa: E402
+from mvq_kd.teacher import TeacherSpec  # noqa: E402
+from mvq_kd.trainer import Trainer  # noqa: E402
 
 NO_LAYERWISE = LayerwiseKdConfig()
 VARIANTS = {

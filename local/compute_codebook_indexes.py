@@ -22,31 +22,36 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mvq_kd.codebooks import (  # noqa: E402
-    add_teacher_args,
-    compute_codebook_indexes,
-    teacher_spec_from_args,
-)
+from mvq_kd.cli import add_config_args, config_from_args, make_parser, str2bool  # noqa: E402
+from mvq_kd.codebooks import compute_codebook_indexes  # noqa: E402
+from mvq_kd.device import pick_device  # noqa: E402
 from mvq_kd.shards import add_shard_args, part_manifests, shards_from_args  # noqa: E402
-from mvq_kd.trainer import pick_device  # noqa: E402
+from mvq_kd.teacher import TeacherSpec  # noqa: E402
 from mvq_kd.utils import setup_logging  # noqa: E402
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quantizer", type=Path, required=True)
+def get_parser() -> argparse.ArgumentParser:
+    p = make_parser(__doc__)
+    p.add_argument(
+        "--quantizer", type=Path, required=True, help="quantizer.pt of local/train_quantizer.py"
+    )
     add_shard_args(p)
     p.add_argument(
         "--store-embeddings",
-        choices=["true", "false"],
-        default="false",
+        type=str2bool,
+        default=False,
+        metavar="{true,false}",
         help="also store the fp16 teacher embeddings (L1/L2 baselines)",
     )
-    add_teacher_args(p)
-    args = p.parse_args()
+    add_config_args(p, TeacherSpec, "teacher", required=("model", "layer"))
+    return p
+
+
+def main(argv=None) -> None:
+    args = get_parser().parse_args(argv)
     setup_logging()
     num_shards, shards, rank = shards_from_args(args)
-    spec = teacher_spec_from_args(args)
+    spec = config_from_args(TeacherSpec, args)
     for src, out in part_manifests(args):
         compute_codebook_indexes(
             spec,
@@ -56,7 +61,7 @@ def main() -> None:
             pick_device(args.device, rank),
             num_shards=num_shards,
             shards=shards,
-            store_embeddings=args.store_embeddings == "true",
+            store_embeddings=args.store_embeddings,
             max_duration=args.max_duration,
         )
 

@@ -13,17 +13,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lhotse import CutSet, load_manifest  # noqa: E402
 
+from mvq_kd.cli import make_parser  # noqa: E402
 from mvq_kd.data.fbank import compute_fbank, cuts_path  # noqa: E402
 from mvq_kd.data.librispeech import manifest_paths  # noqa: E402
 from mvq_kd.utils import setup_logging  # noqa: E402
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--manifest-dir", type=Path, required=True)
-    p.add_argument("--output-dir", type=Path, required=True)
-    p.add_argument("--parts", nargs="+", required=True)
-    p.add_argument("--prefix", default="librispeech")
+def get_parser() -> argparse.ArgumentParser:
+    p = make_parser(__doc__)
+    p.add_argument(
+        "--manifest-dir", type=Path, required=True, help="recording and supervision manifests"
+    )
+    p.add_argument("--output-dir", type=Path, required=True, help="fbank and cut manifests")
+    p.add_argument("--parts", nargs="+", required=True, help="parts to compute")
+    p.add_argument("--prefix", default="librispeech", help="manifest name prefix")
     p.add_argument(
         "--speed-perturb",
         type=float,
@@ -31,9 +34,13 @@ def main() -> None:
         default=[],
         help="extra speed factors for these parts, e.g. 0.9 1.1",
     )
-    p.add_argument("--num-mel-bins", type=int, default=80)
+    p.add_argument("--num-mel-bins", type=int, default=80, help="fbank bins")
     p.add_argument("--num-jobs", type=int, default=2, help="feature extraction processes")
-    args = p.parse_args()
+    return p
+
+
+def main(argv=None) -> None:
+    args = get_parser().parse_args(argv)
     setup_logging()
     for part in args.parts:
         if cuts_path(args.output_dir, args.prefix, part).is_file():

@@ -22,33 +22,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mvq_kd.cli import add_config_args, config_from_args, make_parser  # noqa: E402
+from mvq_kd.device import pick_device  # noqa: E402
 from mvq_kd.nbest import NBestConfig, compute_nbest  # noqa: E402
 from mvq_kd.shards import add_shard_args, part_manifests, shards_from_args  # noqa: E402
-from mvq_kd.trainer import pick_device  # noqa: E402
 from mvq_kd.utils import setup_logging  # noqa: E402
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--teacher-model", type=Path, required=True, help="train.py experiment folder")
-    p.add_argument("--teacher-epoch", type=int, required=True)
-    p.add_argument("--teacher-avg", type=int, default=1)
-    p.add_argument("--bpe-model", type=Path, required=True, help="the teacher's BPE model")
-    p.add_argument("--beam", type=int, default=4, help="modified beam search beam")
-    p.add_argument("--nbest", type=int, default=4, help="hypotheses kept per cut (<= beam)")
+def get_parser() -> argparse.ArgumentParser:
+    p = make_parser(__doc__)
+    add_config_args(p, NBestConfig, "teacher and search")
     add_shard_args(p)
-    args = p.parse_args()
+    return p
+
+
+def main(argv=None) -> None:
+    args = get_parser().parse_args(argv)
     setup_logging()
     num_shards, shards, rank = shards_from_args(args)
-    cfg = NBestConfig(
-        exp_dir=args.teacher_model,
-        epoch=args.teacher_epoch,
-        avg=args.teacher_avg,
-        bpe_model=args.bpe_model,
-        beam=args.beam,
-        nbest=args.nbest,
-        max_duration=args.max_duration,
-    )
+    cfg = config_from_args(NBestConfig, args, max_duration=args.max_duration)
     for src, out in part_manifests(args):
         compute_nbest(
             cfg,

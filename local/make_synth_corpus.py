@@ -12,37 +12,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mvq_kd.data.synth import SPLITS, SynthCorpusConfig, write_corpus  # noqa: E402
+from mvq_kd.cli import add_config_args, config_from_args, make_parser  # noqa: E402
+from mvq_kd.data.synth import SynthCorpusConfig, write_corpus  # noqa: E402
 from mvq_kd.utils import setup_logging  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
-    d = SynthCorpusConfig()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--corpus-dir", type=Path, required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--train-hours", type=float, default=d.train_hours)
-    p.add_argument("--unlabeled-hours", type=float, default=d.unlabeled_hours)
-    p.add_argument("--dev-utts", type=int, default=d.dev_utts)
-    p.add_argument("--test-utts", type=int, default=d.test_utts, help="per test set")
-    p.add_argument("--num-train-speakers", type=int, default=d.num_train_speakers)
-    p.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
     p.add_argument("--num-jobs", type=int, default=2, help="synthesis processes")
+    add_config_args(p, SynthCorpusConfig, "corpus")
     return p
 
 
-def main() -> None:
-    args = get_parser().parse_args()
+def main(argv=None) -> None:
+    args = get_parser().parse_args(argv)
     setup_logging()
-    cfg = SynthCorpusConfig(
-        seed=args.seed,
-        train_hours=args.train_hours,
-        unlabeled_hours=args.unlabeled_hours,
-        dev_utts=args.dev_utts,
-        test_utts=args.test_utts,
-        num_train_speakers=args.num_train_speakers,
-        splits=args.splits,
-    )
+    cfg = config_from_args(SynthCorpusConfig, args)
     logging.info(f"Synthesizing {cfg} into {args.corpus_dir}")
     hours = write_corpus(args.corpus_dir, cfg, num_jobs=args.num_jobs)
     for split, h in hours.items():

@@ -13,14 +13,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mvq_kd.cli import make_parser  # noqa: E402
 from mvq_kd.data.librispeech import prepare_librispeech_manifests  # noqa: E402
 from mvq_kd.utils import setup_logging  # noqa: E402
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def get_parser() -> argparse.ArgumentParser:
+    p = make_parser(__doc__)
     p.add_argument("--corpus-dir", type=Path, required=True, help="folder of the part folders")
-    p.add_argument("--output-dir", type=Path, required=True)
+    p.add_argument("--output-dir", type=Path, required=True, help="folder of the manifests")
     p.add_argument("--parts", nargs="+", required=True, help="e.g. train-clean-100 test-clean")
     p.add_argument("--prefix", default="librispeech", help="manifest name prefix")
     p.add_argument(
@@ -28,7 +29,11 @@ def main() -> None:
     )
     p.add_argument("--skip-bad-audio", action="store_true", help="skip and count bad files")
     p.add_argument("--num-jobs", type=int, default=4, help="threads reading audio headers")
-    args = p.parse_args()
+    return p
+
+
+def main(argv=None) -> None:
+    args = get_parser().parse_args(argv)
     setup_logging()
     prepare_librispeech_manifests(
         args.corpus_dir,

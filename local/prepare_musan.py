@@ -15,17 +15,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lhotse import CutSet, combine  # noqa: E402
 from lhotse.recipes import download_musan, prepare_musan  # noqa: E402
 
+from mvq_kd.cli import make_parser  # noqa: E402
 from mvq_kd.data.fbank import compute_fbank, cuts_path  # noqa: E402
 from mvq_kd.utils import setup_logging  # noqa: E402
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--dl-dir", type=Path, required=True)
-    p.add_argument("--manifest-dir", type=Path, required=True)
-    p.add_argument("--output-dir", type=Path, required=True)
-    p.add_argument("--num-jobs", type=int, default=2)
-    args = p.parse_args()
+def get_parser() -> argparse.ArgumentParser:
+    p = make_parser(__doc__)
+    p.add_argument(
+        "--dl-dir", type=Path, required=True, help="download folder (MUSAN goes to <dl-dir>/musan)"
+    )
+    p.add_argument("--manifest-dir", type=Path, required=True, help="folder of the manifests")
+    p.add_argument("--output-dir", type=Path, required=True, help="fbank and cut manifests")
+    p.add_argument("--num-jobs", type=int, default=2, help="feature extraction processes")
+    return p
+
+
+def main(argv=None) -> None:
+    args = get_parser().parse_args(argv)
     setup_logging()
     if cuts_path(args.output_dir, "musan", "all").is_file():
         logging.info("MUSAN features exist, skipping")

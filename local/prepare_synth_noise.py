@@ -15,19 +15,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lhotse import CutSet, Recording, RecordingSet  # noqa: E402
 
+from mvq_kd.cli import make_parser  # noqa: E402
 from mvq_kd.data.fbank import compute_fbank, cuts_path  # noqa: E402
 from mvq_kd.data.synth import write_noise_set  # noqa: E402
 from mvq_kd.utils import setup_logging  # noqa: E402
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def get_parser() -> argparse.ArgumentParser:
+    p = make_parser(__doc__)
     p.add_argument("--noise-dir", type=Path, required=True, help="where the FLAC files go")
     p.add_argument("--output-dir", type=Path, required=True, help="fbank folder")
-    p.add_argument("--num-files", type=int, default=200)
+    p.add_argument("--num-files", type=int, default=200, help="noise files")
     p.add_argument("--seconds", type=float, default=10.0, help="length of each file")
-    p.add_argument("--num-jobs", type=int, default=2)
-    args = p.parse_args()
+    p.add_argument("--num-jobs", type=int, default=2, help="feature extraction processes")
+    return p
+
+
+def main(argv=None) -> None:
+    args = get_parser().parse_args(argv)
     setup_logging()
     if cuts_path(args.output_dir, "noise", "all").is_file():
         logging.info("Synthetic noise features exist, skipping")

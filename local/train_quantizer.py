@@ -17,24 +17,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from mvq_kd.cli import add_config_args, config_from_args, make_parser  # noqa: E402
+from mvq_kd.device import pick_device  # noqa: E402
 from mvq_kd.quantization import QuantizerConfig, train_quantizer  # noqa: E402
-from mvq_kd.trainer import pick_device  # noqa: E402
 from mvq_kd.utils import setup_logging  # noqa: E402
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def get_parser() -> argparse.ArgumentParser:
+    p = make_parser(__doc__)
     p.add_argument(
         "--embeddings", type=Path, required=True, help="from extract_teacher_embeddings.py"
     )
-    p.add_argument("--output", type=Path, required=True)
-    p.add_argument("--num-codebooks", type=int, default=8, help="bytes per teacher frame")
-    p.add_argument("--train-iters", type=int, default=QuantizerConfig.train_iters)
-    p.add_argument("--refine-iters", type=int, default=QuantizerConfig.refine_iters)
-    p.add_argument("--beam", type=int, default=QuantizerConfig.beam)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    args = p.parse_args()
+    p.add_argument("--output", type=Path, required=True, help="the quantizer file (.pt)")
+    p.add_argument("--device", default="auto", help="auto: the GPU if there is one, else the CPU")
+    add_config_args(p, QuantizerConfig, "quantizer")
+    return p
+
+
+def main(argv=None) -> None:
+    args = get_parser().parse_args(argv)
     setup_logging()
     if args.output.is_file():
         logging.info(f"{args.output} exists, skipping")
@@ -47,10 +48,8 @@ def main() -> None:
         f"Training a {args.num_codebooks}-byte quantizer on {x.size(0) - n_valid} "
         f"frames of dim {x.size(1)} ({n_valid} held out)"
     )
-    cfg = QuantizerConfig(
-        train_iters=args.train_iters, refine_iters=args.refine_iters, beam=args.beam, seed=args.seed
-    )
-    q = train_quantizer(x[n_valid:], args.num_codebooks, cfg, valid=x[:n_valid])
+    cfg = config_from_args(QuantizerConfig, args)
+    q = train_quantizer(x[n_valid:], cfg.num_codebooks, cfg, valid=x[:n_valid])
     q.cpu().save(args.output)
     logging.info(
         f"Saved quantizer {q.id} to {args.output} "

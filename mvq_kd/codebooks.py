@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
@@ -32,52 +31,11 @@ from lhotse.features.io import NumpyHdf5Writer
 from tqdm import tqdm
 
 from mvq_kd.dataset import collate_teacher_inputs
+from mvq_kd.fields import EMBEDDING_FIELD, INDEX_FIELD, QUANTIZER_ID_FIELD
 from mvq_kd.quantization import Quantizer
 from mvq_kd.shards import Shard, map_shards, ordered_batches
-from mvq_kd.teacher import ConformerTeacher, HfSslTeacher, Teacher
+from mvq_kd.teacher import Teacher, TeacherSpec
 from mvq_kd.utils import atomic_path
-
-INDEX_FIELD = "codebook_indexes"
-EMBEDDING_FIELD = "teacher_embeddings"
-QUANTIZER_ID_FIELD = "codebook_quantizer_id"
-
-
-@dataclass
-class TeacherSpec:
-    """Which teacher to run.
-
-    Attributes:
-        kind: ``conformer`` (an experiment folder of ``train.py``) or ``hf`` (a
-            ``transformers`` directory / hub name, or a fairseq HuBERT ``.pt``).
-        model: the folder, name or file.
-        layer: 1-based layer whose output is embedded (None: a conformer teacher's
-            last layer; layer-wise KD picks its layers itself).
-        epoch, avg: checkpoints averaged (``conformer`` only).
-        normalize: per-utterance waveform normalisation (``hf`` only; None: the
-            model's own setting).
-    """
-
-    kind: str
-    model: str
-    layer: Optional[int]
-    epoch: int = 0
-    avg: int = 1
-    normalize: Optional[bool] = None
-
-    def build(self, device: torch.device) -> Teacher:
-        if self.kind == "conformer":
-            if self.epoch < 1:
-                raise ValueError("a conformer teacher needs --teacher-epoch (its last epoch)")
-            teacher: Teacher = ConformerTeacher.from_checkpoint(
-                self.model, self.epoch, self.avg, self.layer
-            )
-        elif self.kind == "hf":
-            if self.layer is None:
-                raise ValueError("an hf teacher needs --teacher-layer")
-            teacher = HfSslTeacher.from_pretrained(self.model, self.layer, self.normalize)
-        else:
-            raise ValueError(f"unknown teacher kind {self.kind!r} (conformer or hf)")
-        return teacher.to(device).eval()
 
 
 def teacher_batches(
@@ -234,76 +192,3 @@ def _compute_shard(
     os.replace(tmp_h5, h5_path)
     with atomic_path(shard.manifest) as tmp:
         CutSet.from_cuts(out_cuts).to_file(tmp)
-
-
-def add_teacher_args(parser, required: bool = True) -> None:
-    """The ``--teacher-*`` options (of the ``local/`` MVQ programs; ``train.py`` has them
-    optional, for a teacher run on the fly)."""
-    g = parser.add_argument_group("teacher")
-    g.add_argument(
-        "--teacher-kind",
-        choices=["conformer", "hf"],
-        default="conformer",
-        help="conformer: a train.py experiment folder; hf: a transformers "
-        "folder / hub name or a fairseq HuBERT .pt",
-    )
-    g.add_argument(
-        "--teacher-model",
-        required=required,
-        help="experiment folder, transformers name/folder, or fairseq .pt",
-    )
-    g.add_argument("--teacher-layer", type=int, required=required, help="1-based layer")
-    g.add_argument("--teacher-epoch", type=int, default=0, help="conformer: last epoch")
-    g.add_argument("--teacher-avg", type=int, default=1, help="conformer: epochs averaged")
-    g.add_argument(
-        "--teacher-normalize",
-        choices=["auto", "true", "false"],
-        default="auto",
-        help="hf: per-utterance waveform normalisation (auto: the model's setting)",
-    )
-
-
-def teacher_spec_from_args(args) -> TeacherSpec:
-    normalize = {"auto": None, "true": True, "false": False}[args.teacher_normalize]
-    return TeacherSpec(
-        args.teacher_kind,
-        args.teacher_model,
-        args.teacher_layer,
-        args.teacher_epoch,
-        args.teacher_avg,
-        normalize,
-    )
-
-
-def check_quantizer_ids(cuts: CutSet, expected_id: Optional[str] = None) -> Optional[str]:
-    """The quantizer id shared by the cuts that carry codebook indexes.
-
-    Raises ``ValueError`` naming the cuts when two quantizers made the indexes of one
-    training set, or when the id differs from ``expected_id`` (e.g. that of the
-    quantizer file a recipe names). Returns None when no cut has indexes.
-    """
-    seen: dict = {}
-    for cut in cuts:
-        custom = cut.custom or {}
-        if INDEX_FIELD not in custom:
-            continue
-        qid = custom.get(QUANTIZER_ID_FIELD)
-        if qid is None:
-            raise ValueError(
-                f"Cut {cut.id} has {INDEX_FIELD} but no {QUANTIZER_ID_FIELD}: recompute its "
-                "indexes with local/compute_codebook_indexes.py"
-            )
-        seen.setdefault(qid, cut.id)
-        if len(seen) > 1:
-            (a, ca), (b, cb) = list(seen.items())[:2]
-            raise ValueError(
-                f"Codebook indexes from two quantizers in one training set: cut {ca} has "
-                f"quantizer {a}, cut {cb} has {b}; recompute them with one quantizer"
-            )
-    qid = next(iter(seen), None)
-    if expected_id is not None and qid is not None and qid != expected_id:
-        raise ValueError(
-            f"The codebook indexes were made by quantizer {qid} (e.g. cut {seen[qid]}), "
-            f"not by the expected quantizer {expected_id}"
-        )
-    return qid

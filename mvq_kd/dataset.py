@@ -5,17 +5,21 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from lhotse import CutSet, MonoCut, load_manifest_lazy
 from lhotse.cut import MixedCut
 from lhotse.dataset import DynamicBucketingSampler, SpecAugment
 from lhotse.dataset.collation import collate_audio, collate_features
+from torch import Tensor
 
-from mvq_kd.teacher import SAMPLE_RATE
+from mvq_kd.cli import option
+from mvq_kd.fields import SAMPLE_RATE
+from mvq_kd.model.encoder import FBANK_FRAME_SHIFT, ConformerEncoder
 
 
 class AsrDataset(torch.utils.data.Dataset):
@@ -148,17 +152,26 @@ class DataConfig:
 
     train_cuts: List[Path]
     valid_cuts: List[Path]
-    max_duration: float = 200.0
-    num_buckets: int = 10
-    spec_augment: bool = True
-    time_warp_factor: int = 80
-    musan_cuts: Optional[Path] = None
-    num_workers: int = 2
+    max_duration: float = option(200.0, "seconds of audio per batch (per rank)")
+    num_buckets: int = option(10, "buckets of the dynamic bucketing sampler")
+    spec_augment: bool = option(True, "SpecAugment on training batches")
+    time_warp_factor: int = option(80, "SpecAugment time warp (0 turns time warp off)")
+    musan_cuts: Optional[Path] = option(
+        None,
+        "noise cuts mixed into half of the training cuts at 10-20 dB SNR "
+        "(MUSAN, or data/synth/fbank/noise_cuts_all.jsonl.gz)",
+        flag="--musan",
+    )
+    num_workers: int = option(2, "dataloader worker processes")
     min_duration: float = 0.5
     max_cut_duration: float = 20.0
     seed: int = 42
     unlabeled_cuts: List[Path] = field(default_factory=list)
-    unlabeled_ratio: float = 1.0
+    unlabeled_ratio: float = option(
+        1.0,
+        "unlabeled cuts per labeled cut in an epoch (the unlabeled cuts are reshuffled every "
+        "epoch)",
+    )
 
     def __post_init__(self) -> None:
         if self.unlabeled_ratio <= 0:
@@ -241,7 +254,7 @@ class NoiseMix:
 
     Unlike lhotse's ``CutMix``, which keeps one RNG across batches, the choices are
     drawn from the global ``random`` module, so a dataset that seeds it per batch
-    (:class:`mvq_kd.trainer.SeededAsrDataset`) mixes reproducibly, also after resuming.
+    (:class:`SeededAsrDataset`) mixes reproducibly, also after resuming.
     """
 
     def __init__(self, noise: CutSet, p: float = 0.5, snr=(10.0, 20.0)) -> None:
@@ -335,3 +348,103 @@ def make_loader(
         persistent_workers=False,
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def load_bpe(path: Path, vocab_size: int):
+    """The SentencePiece model at ``path``, checked against the model's ``vocab_size``."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(path))
+    if sp.vocab_size() != vocab_size:
+        raise ValueError(
+            f"BPE model {path} has {sp.vocab_size()} tokens but the model "
+            f"config says vocab_size={vocab_size}"
+        )
+    return sp
+
+
+class CutFilter:
+    """Keep training cuts that the transducer can learn; count and log the others.
+
+    A cut is dropped when its duration is outside ``[min_duration, max_duration]``, or
+    when it has fewer encoder frames (after 4x subsampling) than BPE tokens: the
+    RNN-T loss emits at most one symbol per frame.
+    """
+
+    def __init__(
+        self, sp, min_duration: float, max_duration: float, frame_shift: float = FBANK_FRAME_SHIFT
+    ):
+        self.sp = sp
+        self.min_duration, self.max_duration = min_duration, max_duration
+        self.frame_shift = frame_shift
+        self.num_dropped: Dict[str, int] = {"duration": 0, "too_few_frames": 0}
+
+    def __call__(self, cut) -> bool:
+        if not self.min_duration <= cut.duration <= self.max_duration:
+            self.num_dropped["duration"] += 1
+            return False
+        text = cut.supervisions[0].text if cut.supervisions else None
+        if text:
+            num_frames = int(round(cut.duration / self.frame_shift))
+            enc_frames = int(ConformerEncoder.output_lengths(torch.tensor([num_frames]))[0])
+            num_tokens = len(self.sp.encode(text))
+            if enc_frames < num_tokens:
+                logging.debug(f"Dropping {cut.id}: {enc_frames} frames < {num_tokens} tokens")
+                self.num_dropped["too_few_frames"] += 1
+                return False
+        return True
+
+
+class ResumableSampler(torch.utils.data.Sampler):
+    """Wrap a lhotse sampler so that an iteration can start after ``skip`` batches.
+
+    lhotse's samplers are deterministic given their seed and epoch, so skipping the
+    batches consumed before a checkpoint resumes with exactly the next batch.
+    """
+
+    def __init__(self, sampler) -> None:
+        self.sampler = sampler
+        self.skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[CutSet]:
+        # islice calls iter() once: lhotse samplers restart when iter() is called again.
+        skip, self.skip = self.skip, 0
+        return itertools.islice(self.sampler, skip, None)
+
+
+class SeededAsrDataset(AsrDataset):
+    """An :class:`AsrDataset` whose random augmentation is a function of the batch.
+
+    The torch/python RNGs are re-seeded from the batch's cut ids (inside a forked RNG
+    state), so augmentation does not depend on worker count or on resumption.
+    """
+
+    def __init__(self, base: AsrDataset, seed: int) -> None:
+        super().__init__(
+            base.cut_transforms, base.input_transforms, base.temporal_fields, base.teacher_input
+        )
+        self.seed = seed
+
+    def __getitem__(self, cuts: CutSet) -> Dict:
+        batch_seed = zlib.crc32(" ".join(sorted(c.id for c in cuts)).encode()) ^ self.seed
+        py_state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(batch_seed)
+            random.seed(batch_seed)
+            try:
+                return super().__getitem__(cuts)
+            finally:
+                random.setstate(py_state)
+
+
+def tokenize(sp, texts: List[Optional[str]], device: torch.device) -> Tuple[Tensor, Tensor]:
+    """BPE ids of a batch: ``(B, S)`` int64 padded with 0, and ``(B,)`` lengths."""
+    ids = [sp.encode(t) if t else [] for t in texts]
+    lens = torch.tensor([len(i) for i in ids], dtype=torch.int64)
+    y = torch.zeros(len(ids), max(1, int(lens.max())), dtype=torch.int64)
+    for i, seq in enumerate(ids):
+        y[i, : len(seq)] = torch.tensor(seq, dtype=torch.int64)
+    return y.to(device), lens.to(device)

@@ -1,17 +1,20 @@
-"""Checkpoint averaging, decoding of cut sets and icefall-style result files."""
+"""Decoding of cut sets and icefall-style result files (the pipeline of ``decode.py``).
+
+The models come from :func:`mvq_kd.checkpoint.load_model`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from lhotse import CutSet
 
+from mvq_kd.cli import option
 from mvq_kd.dataset import AsrDataset, make_loader
 from mvq_kd.decoding import greedy_search_batch, modified_beam_search, streaming_greedy_search
-from mvq_kd.model.transducer import Transducer, TransducerConfig
+from mvq_kd.model.transducer import Transducer
 from mvq_kd.utils import atomic_path
 
 DECODING_METHODS = ("greedy_search", "modified_beam_search")
@@ -51,51 +54,6 @@ def decode_suffix(
     return suffix
 
 
-def average_checkpoints(paths: Sequence[Path]) -> Tuple[Dict[str, torch.Tensor], Dict]:
-    """Average the model weights of several checkpoints (floating-point tensors only).
-
-    Returns:
-        the averaged state dict and the model config dict of the last checkpoint
-        (all must share it).
-    """
-    if not paths:
-        raise ValueError("No checkpoints to average")
-    avg: Dict[str, torch.Tensor] = {}
-    config = None
-    for path in paths:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"No checkpoint {path}")
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        if config is not None and ckpt["model_config"] != config:
-            raise ValueError(f"{path} has another model config than {paths[0]}")
-        config = ckpt["model_config"]
-        for k, v in ckpt["model"].items():
-            if v.is_floating_point():
-                avg[k] = avg[k] + v.double() if k in avg else v.double()
-            else:
-                avg[k] = v
-    return {
-        k: (v / len(paths)).float() if v.is_floating_point() else v for k, v in avg.items()
-    }, config
-
-
-def load_model(
-    exp_dir: Path, epoch: int, avg: int, device: torch.device
-) -> Tuple[Transducer, List[Path]]:
-    """The model of ``epoch-(epoch-avg+1).pt .. epoch-<epoch>.pt``, averaged, in eval mode.
-
-    Only the student is loaded: checkpoints keep training-only modules (distillation
-    heads) under a separate key.
-    """
-    if avg < 1 or avg > epoch:
-        raise ValueError(f"--avg must be in 1..{epoch} for --epoch {epoch}, got {avg}")
-    paths = [exp_dir / f"epoch-{e}.pt" for e in range(epoch - avg + 1, epoch + 1)]
-    state, config = average_checkpoints(paths)
-    model = Transducer(TransducerConfig.from_dict(config))
-    model.load_state_dict(state)
-    return model.to(device).eval(), paths
-
-
 @dataclass
 class DecodeOptions:
     """How to decode.
@@ -109,11 +67,25 @@ class DecodeOptions:
             chunk-by-chunk encoding with cached state; greedy search only).
     """
 
-    method: str = "greedy_search"
-    beam: int = 4
-    chunk_size: Optional[int] = None
-    left_context: Optional[int] = None
-    streaming: str = "simulated"
+    method: str = option(
+        "greedy_search",
+        "search of the hypotheses",
+        flag="--decoding-method",
+        choices=DECODING_METHODS,
+    )
+    beam: int = option(4, "beam of modified beam search", flag="--beam-size")
+    chunk_size: Optional[int] = option(
+        None, "encoder frames per chunk of a causal model (None: the model's)"
+    )
+    left_context: Optional[int] = option(
+        None, "encoder frames of left context of a causal model (None: the model's; -1: all)"
+    )
+    streaming: str = option(
+        "simulated",
+        "causal models: simulated (masked full-utterance forward) or chunked (chunk by chunk "
+        "with cached state; greedy search only)",
+        choices=("simulated", "chunked"),
+    )
 
     def __post_init__(self) -> None:
         if self.method not in DECODING_METHODS:

@@ -11,7 +11,7 @@ The supervision's ``text`` (the ground truth, ``None`` for unlabeled cuts) is ne
 changed; each cut also records the teacher and the search in ``cut.custom["nbest_teacher"]``.
 The computation is sharded and resumable (:func:`mvq_kd.shards.map_shards`).
 
-:func:`nbest_weights` turns a list's scores into per-hypothesis training weights that
+:func:`mvq_kd.fields.nbest_weights` turns a list's scores into per-hypothesis training weights that
 sum to one (uniform, or the teacher's posterior renormalised over the list).
 """
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -29,14 +28,13 @@ from lhotse import CutSet
 from lhotse.utils import fastcopy
 from tqdm import tqdm
 
+from mvq_kd.checkpoint import load_model
+from mvq_kd.cli import option
 from mvq_kd.dataset import collate_teacher_inputs
 from mvq_kd.decoding import modified_beam_search
+from mvq_kd.fields import NBEST_FIELD, NBEST_TEACHER_FIELD
 from mvq_kd.shards import Shard, map_shards, ordered_batches
 from mvq_kd.utils import atomic_path
-
-NBEST_FIELD = "nbest"
-NBEST_TEACHER_FIELD = "nbest_teacher"
-WEIGHTINGS = ("uniform", "scores")
 
 
 @dataclass
@@ -45,19 +43,20 @@ class NBestConfig:
 
     Attributes:
         exp_dir: the teacher's ``train.py`` experiment folder.
-        epoch, avg: decode the average of ``epoch-(epoch-avg+1).pt .. epoch-<epoch>.pt``.
+        epoch: with ``avg``, decode the average of ``epoch-(epoch-avg+1).pt .. epoch-<epoch>.pt``.
         bpe_model: the teacher's BPE model (hypotheses are stored as text).
+        avg: epochs averaged.
         beam: modified beam search beam.
         nbest: hypotheses kept per cut (at most ``beam``: the search keeps ``beam``).
         max_duration: seconds of audio per decoding batch.
     """
 
-    exp_dir: Path
-    epoch: int
-    avg: int
-    bpe_model: Path
-    beam: int = 4
-    nbest: int = 4
+    exp_dir: Path = option(help="the teacher's train.py experiment folder", flag="--teacher-model")
+    epoch: int = option(help="the teacher's last epoch", flag="--teacher-epoch")
+    bpe_model: Path = option(help="the teacher's BPE model")
+    avg: int = option(1, "epochs averaged", flag="--teacher-avg")
+    beam: int = option(4, "modified beam search beam")
+    nbest: int = option(4, "hypotheses kept per cut (<= beam)")
     max_duration: float = 100.0
 
     def __post_init__(self) -> None:
@@ -68,34 +67,6 @@ class NBestConfig:
         d = asdict(self)
         d.pop("max_duration")
         return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
-
-
-def nbest_weights(scores: Sequence[float], weighting: str = "uniform") -> List[float]:
-    """Training weights of an N-best list, summing to one.
-
-    Args:
-        scores: the hypotheses' teacher log-probabilities.
-        weighting: ``uniform`` (1/N each) or ``scores`` (``softmax(scores)``: the
-            teacher's posterior renormalised over the list).
-    """
-    if not scores:
-        raise ValueError("an N-best list needs at least one hypothesis")
-    if weighting == "uniform":
-        return [1.0 / len(scores)] * len(scores)
-    if weighting != "scores":
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-    top = max(scores)
-    exp = [math.exp(s - top) for s in scores]
-    total = sum(exp)
-    return [e / total for e in exp]
-
-
-def cut_nbest(cut) -> Optional[List[Dict]]:
-    """The N-best list stored with a cut (its first supervision), or None."""
-    sups = cut.supervisions
-    if not sups or not sups[0].custom:
-        return None
-    return sups[0].custom.get(NBEST_FIELD)
 
 
 def compute_nbest(
@@ -118,8 +89,6 @@ def compute_nbest(
         True when every shard is done and ``out_manifest`` is written.
     """
     import sentencepiece as spm
-
-    from mvq_kd.evaluate import load_model
 
     sp = spm.SentencePieceProcessor(model_file=str(cfg.bpe_model))
 

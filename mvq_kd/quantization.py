@@ -34,6 +34,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
+from mvq_kd.cli import option
 from mvq_kd.utils import atomic_path
 
 CODEBOOK_SIZE = 256  # one byte per codebook index
@@ -57,14 +58,14 @@ class QuantizerConfig:
         seed: k-means initialisation.
     """
 
-    num_codebooks: int = 8
+    num_codebooks: int = option(8, "bytes per teacher frame")
     kmeans_iters: int = 15
-    train_iters: int = 8
-    refine_iters: int = 3
-    beam: int = 4
+    train_iters: int = option(8, "rounds of (encode, least-squares codebook update)")
+    refine_iters: int = option(3, "ICM passes after the initial assignment")
+    beam: int = option(4, "partial sums kept per frame by the initial assignment (1: greedy)")
     ridge: float = 1e-3
     chunk_frames: int = 8192
-    seed: int = 0
+    seed: int = option(0, "k-means initialisation and the held-out split")
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_codebooks <= 64:

@@ -22,10 +22,12 @@ Backend: pure PyTorch by default. ``set_backend("k2")`` or the environment varia
 works, and falls back to PyTorch (with a warning) when it does not.
 """
 
+import functools
+import inspect
 import os
 import warnings
 from types import ModuleType
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +81,34 @@ def _k2() -> Optional[ModuleType]:
         warnings.warn("k2 backend requested but k2 is not importable; using PyTorch", stacklevel=3)
         return None
     return k2
+
+
+def _k2_or_torch(check: Optional[Callable[..., None]] = None) -> Callable:
+    """Decorate a PyTorch implementation: after ``check(**arguments)`` (validation shared by
+    both backends), run k2's function of the same name with the same (keyword) arguments
+    when the k2 backend is selected and importable, else the implementation itself."""
+
+    def wrap(impl: Callable) -> Callable:
+        signature = inspect.signature(impl)
+
+        @functools.wraps(impl)
+        def dispatch(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            if check is not None:
+                check(**bound.arguments)
+            k2 = _k2()
+            if k2 is None:
+                return impl(*args, **kwargs)
+            k2_args = {
+                k: v.contiguous() if isinstance(v, Tensor) else v
+                for k, v in bound.arguments.items()
+            }
+            return getattr(k2, impl.__name__)(**k2_args)
+
+        return dispatch
+
+    return wrap
 
 
 _backend = "torch"
@@ -219,6 +249,20 @@ class _MutualInformationFunction(torch.autograd.Function):
         return px_grad * g, py_grad * g, None, None
 
 
+def _check_px_py(px: Tensor, py: Tensor, **_) -> None:
+    if px.ndim != 3 or py.ndim != 3:
+        raise ValueError("px and py must be 3-dimensional")
+    B, S, T1 = px.shape
+    if py.shape != (B, S + 1, T1 - 1):
+        raise ValueError(
+            f"py must have shape (B, S+1, T) = {(B, S + 1, T1 - 1)} for px of "
+            f"shape (B, S, T+1) = {tuple(px.shape)} (modified RNN-T unsupported)"
+        )
+    if px.dtype != py.dtype or not px.is_floating_point():
+        raise ValueError("px and py must share one floating point dtype")
+
+
+@_k2_or_torch(_check_px_py)
 def mutual_information_recursion(
     px: Tensor, py: Tensor, boundary: Optional[Tensor] = None, return_grad: bool = False
 ) -> LossAndGrads:
@@ -238,21 +282,6 @@ def mutual_information_recursion(
       ``p[s, t] = logaddexp(p[s-1, t] + px[s-1, t], p[s, t-1] + py[s, t-1])``
       (out-of-range terms are -inf), or ``(scores, (px_grad, py_grad))``.
     """
-    if px.ndim != 3 or py.ndim != 3:
-        raise ValueError("px and py must be 3-dimensional")
-    B, S, T1 = px.shape
-    if py.shape != (B, S + 1, T1 - 1):
-        raise ValueError(
-            f"py must have shape (B, S+1, T) = {(B, S + 1, T1 - 1)} for px of "
-            f"shape (B, S, T+1) = {tuple(px.shape)} (modified RNN-T unsupported)"
-        )
-    if px.dtype != py.dtype or not px.is_floating_point():
-        raise ValueError("px and py must share one floating point dtype")
-    k2 = _k2()
-    if k2 is not None:
-        return k2.mutual_information_recursion(
-            px=px.contiguous(), py=py.contiguous(), boundary=boundary, return_grad=return_grad
-        )
     scores, px_grad, py_grad = _MutualInformationFunction.apply(px, py, boundary, return_grad)
     return (scores, (px_grad, py_grad)) if return_grad else scores
 
@@ -269,7 +298,7 @@ def _finish_px(px: Tensor, boundary: Optional[Tensor]) -> Tensor:
     return px
 
 
-def _check_lm_am(lm: Tensor, am: Tensor, symbols: Tensor) -> None:
+def _check_lm_am(lm: Tensor, am: Tensor, symbols: Tensor, **_) -> None:
     if lm.ndim != 3 or am.ndim != 3 or lm.shape[0] != am.shape[0] or lm.shape[2] != am.shape[2]:
         raise ValueError(
             f"expected lm (B, S+1, C) and am (B, T, C), got {tuple(lm.shape)} and {tuple(am.shape)}"
@@ -291,6 +320,7 @@ def _lm_am_terms(
     return px_am, px_lm, py_am, py_lm
 
 
+@_k2_or_torch(_check_lm_am)
 def get_rnnt_logprobs(
     lm: Tensor,
     am: Tensor,
@@ -313,12 +343,6 @@ def get_rnnt_logprobs(
     Returns:
       px (B, S, T+1) (columns T and t_end are -inf) and py (B, S+1, T).
     """
-    _check_lm_am(lm, am, symbols)
-    k2 = _k2()
-    if k2 is not None:
-        return k2.get_rnnt_logprobs(
-            lm=lm, am=am, symbols=symbols, termination_symbol=termination_symbol, boundary=boundary
-        )
     lm_max = lm.detach().amax(2, keepdim=True)  # (B, S+1, 1)
     am_max = am.detach().amax(2, keepdim=True)  # (B, T, 1)
     prod = torch.matmul((lm - lm_max).exp(), (am - am_max).exp().transpose(1, 2))
@@ -330,6 +354,7 @@ def get_rnnt_logprobs(
     return px, py
 
 
+@_k2_or_torch(_check_lm_am)
 def get_rnnt_logprobs_smoothed(
     lm: Tensor,
     am: Tensor,
@@ -356,18 +381,6 @@ def get_rnnt_logprobs_smoothed(
     Returns:
       px (B, S, T+1) (columns T and t_end are -inf) and py (B, S+1, T).
     """
-    _check_lm_am(lm, am, symbols)
-    k2 = _k2()
-    if k2 is not None:
-        return k2.get_rnnt_logprobs_smoothed(
-            lm=lm,
-            am=am,
-            symbols=symbols,
-            termination_symbol=termination_symbol,
-            lm_only_scale=lm_only_scale,
-            am_only_scale=am_only_scale,
-            boundary=boundary,
-        )
     B, S1, _ = lm.shape
     S = S1 - 1
     tiny = torch.finfo(lm.dtype).tiny
@@ -435,6 +448,15 @@ def _symbols_with_blank(symbols: Tensor, termination_symbol: int) -> Tensor:
     return F.pad(symbols, (0, 1), value=termination_symbol)
 
 
+def _check_joint(logits: Tensor, symbols: Tensor, **_) -> None:
+    if logits.ndim != 4 or symbols.shape != (logits.shape[0], logits.shape[2] - 1):
+        raise ValueError(
+            f"expected logits (B, T, S+1, C) and symbols (B, S), got "
+            f"{tuple(logits.shape)} and {tuple(symbols.shape)}"
+        )
+
+
+@_k2_or_torch(_check_joint)
 def get_rnnt_logprobs_joint(
     logits: Tensor, symbols: Tensor, termination_symbol: int, boundary: Optional[Tensor] = None
 ) -> tuple[Tensor, Tensor]:
@@ -449,22 +471,25 @@ def get_rnnt_logprobs_joint(
     Returns:
       px (B, S, T+1) (columns T and t_end are -inf) and py (B, S+1, T).
     """
-    if logits.ndim != 4 or symbols.shape != (logits.shape[0], logits.shape[2] - 1):
-        raise ValueError(
-            f"expected logits (B, T, S+1, C) and symbols (B, S), got "
-            f"{tuple(logits.shape)} and {tuple(symbols.shape)}"
-        )
-    k2 = _k2()
-    if k2 is not None:
-        return k2.get_rnnt_logprobs_joint(
-            logits=logits, symbols=symbols, termination_symbol=termination_symbol, boundary=boundary
-        )
     B, T, S1, _ = logits.shape
     sym = _symbols_with_blank(symbols, termination_symbol).unsqueeze(1).expand(B, T, S1)
     px, py = _JointLogProbs.apply(logits, sym, termination_symbol)  # (B, T, S+1)
     return _finish_px(px[:, :, :-1].transpose(1, 2), boundary), py.transpose(1, 2).contiguous()
 
 
+def _check_pruned(logits: Tensor, symbols: Tensor, ranges: Tensor, **_) -> None:
+    if logits.ndim != 4 or ranges.shape != logits.shape[:3] or symbols.ndim != 2:
+        raise ValueError(
+            f"expected logits (B, T, R, C), ranges (B, T, R), symbols (B, S); "
+            f"got {tuple(logits.shape)}, {tuple(ranges.shape)}, "
+            f"{tuple(symbols.shape)}"
+        )
+    R, S = logits.shape[2], symbols.shape[1]
+    if R > S + 1:
+        raise ValueError(f"s_range={R} exceeds S + 1 = {S + 1}")
+
+
+@_k2_or_torch(_check_pruned)
 def get_rnnt_logprobs_pruned(
     logits: Tensor,
     symbols: Tensor,
@@ -485,25 +510,8 @@ def get_rnnt_logprobs_pruned(
     Returns:
       px (B, S, T+1) and py (B, S+1, T), -inf outside the band (and in columns T, t_end).
     """
-    if logits.ndim != 4 or ranges.shape != logits.shape[:3] or symbols.ndim != 2:
-        raise ValueError(
-            f"expected logits (B, T, R, C), ranges (B, T, R), symbols (B, S); "
-            f"got {tuple(logits.shape)}, {tuple(ranges.shape)}, "
-            f"{tuple(symbols.shape)}"
-        )
-    B, T, R, _ = logits.shape
+    B, T, _, _ = logits.shape
     S = symbols.shape[1]
-    if R > S + 1:
-        raise ValueError(f"s_range={R} exceeds S + 1 = {S + 1}")
-    k2 = _k2()
-    if k2 is not None:
-        return k2.get_rnnt_logprobs_pruned(
-            logits=logits,
-            symbols=symbols,
-            ranges=ranges,
-            termination_symbol=termination_symbol,
-            boundary=boundary,
-        )
     sym = _symbols_with_blank(symbols, termination_symbol)
     band_sym = torch.gather(sym.unsqueeze(1).expand(B, T, S + 1), 2, ranges)
     px_band, py_band = _JointLogProbs.apply(logits, band_sym, termination_symbol)
@@ -536,6 +544,7 @@ def _loss_from_logprobs(
     return _reduce(mutual_information_recursion(px, py, boundary), reduction)
 
 
+@_k2_or_torch()
 def rnnt_loss(
     logits: Tensor,
     symbols: Tensor,
@@ -555,19 +564,11 @@ def rnnt_loss(
     Returns:
       Negative log-likelihood, reduced.
     """
-    k2 = _k2()
-    if k2 is not None:
-        return k2.rnnt_loss(
-            logits=logits,
-            symbols=symbols,
-            termination_symbol=termination_symbol,
-            boundary=boundary,
-            reduction=reduction,
-        )
     px, py = get_rnnt_logprobs_joint(logits, symbols, termination_symbol, boundary)
     return _loss_from_logprobs(px, py, boundary, reduction, False)
 
 
+@_k2_or_torch()
 def rnnt_loss_simple(
     lm: Tensor,
     am: Tensor,
@@ -589,21 +590,11 @@ def rnnt_loss_simple(
     Returns:
       ``loss`` or ``(loss, (px_grad, py_grad))``.
     """
-    k2 = _k2()
-    if k2 is not None:
-        return k2.rnnt_loss_simple(
-            lm=lm,
-            am=am,
-            symbols=symbols,
-            termination_symbol=termination_symbol,
-            boundary=boundary,
-            reduction=reduction,
-            return_grad=return_grad,
-        )
     px, py = get_rnnt_logprobs(lm, am, symbols, termination_symbol, boundary)
     return _loss_from_logprobs(px, py, boundary, reduction, return_grad)
 
 
+@_k2_or_torch()
 def rnnt_loss_smoothed(
     lm: Tensor,
     am: Tensor,
@@ -627,25 +618,13 @@ def rnnt_loss_smoothed(
     Returns:
       ``loss`` or ``(loss, (px_grad, py_grad))``.
     """
-    k2 = _k2()
-    if k2 is not None:
-        return k2.rnnt_loss_smoothed(
-            lm=lm,
-            am=am,
-            symbols=symbols,
-            termination_symbol=termination_symbol,
-            lm_only_scale=lm_only_scale,
-            am_only_scale=am_only_scale,
-            boundary=boundary,
-            reduction=reduction,
-            return_grad=return_grad,
-        )
     px, py = get_rnnt_logprobs_smoothed(
         lm, am, symbols, termination_symbol, lm_only_scale, am_only_scale, boundary
     )
     return _loss_from_logprobs(px, py, boundary, reduction, return_grad)
 
 
+@_k2_or_torch()
 def rnnt_loss_pruned(
     logits: Tensor,
     symbols: Tensor,
@@ -667,16 +646,6 @@ def rnnt_loss_pruned(
     Returns:
       Negative log-likelihood, reduced.
     """
-    k2 = _k2()
-    if k2 is not None:
-        return k2.rnnt_loss_pruned(
-            logits=logits,
-            symbols=symbols,
-            ranges=ranges,
-            termination_symbol=termination_symbol,
-            boundary=boundary,
-            reduction=reduction,
-        )
     px, py = get_rnnt_logprobs_pruned(logits, symbols, ranges, termination_symbol, boundary)
     return _loss_from_logprobs(px, py, boundary, reduction, False)
 
@@ -689,6 +658,29 @@ def _suffix_min(x: Tensor) -> Tensor:
     return torch.flip(torch.cummin(torch.flip(x, (-1,)), dim=-1).values, (-1,))
 
 
+def _check_prune_ranges(
+    px_grad: Tensor, py_grad: Tensor, boundary: Optional[Tensor], s_range: int, **_
+) -> None:
+    B, S, T1 = px_grad.shape
+    T = T1 - 1
+    if py_grad.shape != (B, S + 1, T):
+        raise ValueError(
+            f"expected px_grad (B, S, T+1) and py_grad (B, S+1, T), got "
+            f"{tuple(px_grad.shape)} and {tuple(py_grad.shape)}"
+        )
+    for _, _, s_end, t_end in _boundary_rows(boundary, B, S, T):
+        if s_end > 0 and t_end == 0:
+            raise ValueError("a sequence with symbols but no frames cannot be aligned")
+        needed = (s_end - 1) // max(t_end, 1) + 2
+        if s_range < needed:
+            raise ValueError(
+                f"s_range={s_range} is too small for {s_end} symbols in "
+                f"{t_end} frames: need s_range >= {needed}, otherwise no "
+                f"complete path survives pruning"
+            )
+
+
+@_k2_or_torch(_check_prune_ranges)
 def get_rnnt_prune_ranges(
     px_grad: Tensor, py_grad: Tensor, boundary: Optional[Tensor], s_range: int
 ) -> Tensor:
@@ -711,27 +703,6 @@ def get_rnnt_prune_ranges(
     """
     B, S, T1 = px_grad.shape
     T = T1 - 1
-    if py_grad.shape != (B, S + 1, T):
-        raise ValueError(
-            f"expected px_grad (B, S, T+1) and py_grad (B, S+1, T), got "
-            f"{tuple(px_grad.shape)} and {tuple(py_grad.shape)}"
-        )
-    rows = _boundary_rows(boundary, B, S, T)
-    for _, _, s_end, t_end in rows:
-        if s_end > 0 and t_end == 0:
-            raise ValueError("a sequence with symbols but no frames cannot be aligned")
-        needed = (s_end - 1) // max(t_end, 1) + 2
-        if s_range < needed:
-            raise ValueError(
-                f"s_range={s_range} is too small for {s_end} symbols in "
-                f"{t_end} frames: need s_range >= {needed}, otherwise no "
-                f"complete path survives pruning"
-            )
-    k2 = _k2()
-    if k2 is not None:
-        return k2.get_rnnt_prune_ranges(
-            px_grad=px_grad, py_grad=py_grad, boundary=boundary, s_range=s_range
-        )
     s_range = min(s_range, S + 1)
     device = px_grad.device
     if boundary is None:
@@ -755,6 +726,15 @@ def get_rnnt_prune_ranges(
     return start.unsqueeze(2) + torch.arange(s_range, device=device)
 
 
+def _check_pruning(am: Tensor, lm: Tensor, ranges: Tensor, **_) -> None:
+    if ranges.ndim != 3 or ranges.shape[:2] != am.shape[:2] or lm.shape[0] != am.shape[0]:
+        raise ValueError(
+            f"expected am (B, T, C), lm (B, S+1, C), ranges (B, T, R); got "
+            f"{tuple(am.shape)}, {tuple(lm.shape)}, {tuple(ranges.shape)}"
+        )
+
+
+@_k2_or_torch(_check_pruning)
 def do_rnnt_pruning(am: Tensor, lm: Tensor, ranges: Tensor) -> tuple[Tensor, Tensor]:
     """Gather encoder and decoder outputs on the pruned band.
 
@@ -767,14 +747,6 @@ def do_rnnt_pruning(am: Tensor, lm: Tensor, ranges: Tensor) -> tuple[Tensor, Ten
       ``am_pruned`` (B, T, R, C) (an expanded view) and ``lm_pruned`` (B, T, R, C) with
       ``lm_pruned[b, t, r] = lm[b, ranges[b, t, r]]``.
     """
-    if ranges.ndim != 3 or ranges.shape[:2] != am.shape[:2] or lm.shape[0] != am.shape[0]:
-        raise ValueError(
-            f"expected am (B, T, C), lm (B, S+1, C), ranges (B, T, R); got "
-            f"{tuple(am.shape)}, {tuple(lm.shape)}, {tuple(ranges.shape)}"
-        )
-    k2 = _k2()
-    if k2 is not None:
-        return k2.do_rnnt_pruning(am=am, lm=lm, ranges=ranges)
     B, T, R = ranges.shape
     S1, C = lm.shape[1], lm.shape[2]
     flat = (ranges + S1 * torch.arange(B, device=ranges.device).view(B, 1, 1)).reshape(-1)

@@ -150,10 +150,14 @@ def add_shard_args(parser) -> None:
     """The input, output, batch and shard options of the sharded ``local/`` programs:
     ``--manifest-dir``, ``--prefix``, ``--parts``, ``--output-dir``, ``--max-duration``,
     ``--device``, ``--num-shards``, ``--shard-indexes``."""
-    parser.add_argument("--manifest-dir", type=Path, required=True)
-    parser.add_argument("--prefix", default="librispeech")
-    parser.add_argument("--parts", nargs="+", required=True)
-    parser.add_argument("--output-dir", type=Path, required=True)
+    parser.add_argument(
+        "--manifest-dir", type=Path, required=True, help="folder of the input cut manifests"
+    )
+    parser.add_argument("--prefix", default="librispeech", help="cut manifest prefix")
+    parser.add_argument("--parts", nargs="+", required=True, help="parts to compute")
+    parser.add_argument(
+        "--output-dir", type=Path, required=True, help="folder of the output manifests"
+    )
     parser.add_argument("--max-duration", type=float, default=100.0, help="seconds per batch")
     parser.add_argument("--device", default="auto", help="auto: this rank's GPU, else the CPU")
     parser.add_argument(

@@ -34,10 +34,10 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from mvq_kd.kd.layerwise import TeacherLayers
+from mvq_kd.checkpoint import load_model
+from mvq_kd.cli import option
+from mvq_kd.fields import SAMPLE_RATE
 from mvq_kd.model.encoder import ENCODER_FRAME_SHIFT, valid_mask
-
-SAMPLE_RATE = 16000
 
 
 @dataclass
@@ -53,6 +53,21 @@ class TeacherOutput:
     embeddings: Tensor
     lens: Tensor
     frame_shift: float
+
+
+@dataclass
+class TeacherLayers:
+    """What a Conformer teacher gives each connection of layer-wise KD.
+
+    Attributes:
+        outputs: per teacher layer (1-based key) its output, (B, T, D).
+        qkv: per teacher layer its ``(q, k, v)``, each (B, H, T, D / H).
+        lens: (B,) valid frames.
+    """
+
+    outputs: Dict[int, Tensor]
+    qkv: Dict[int, Tuple[Tensor, Tensor, Tensor]]
+    lens: Tensor
 
 
 class Teacher(nn.Module):
@@ -402,8 +417,6 @@ class ConformerTeacher(Teacher):
         cls, exp_dir: Union[str, Path], epoch: int, avg: int, layer: Optional[int] = None
     ) -> "ConformerTeacher":
         """Averaged ``epoch-*.pt`` of a ``train.py`` experiment (like ``decode.py``)."""
-        from mvq_kd.evaluate import load_model
-
         model, _ = load_model(Path(exp_dir), epoch, avg, torch.device("cpu"))
         return cls(model, layer)
 
@@ -430,3 +443,55 @@ class ConformerTeacher(Teacher):
         """Full-context forward (a causal teacher, too)."""
         chunk = None if not self.encoder.config.causal else -1
         return self.encoder(x, x_lens, chunk_size=chunk, left_context=chunk, return_qkv=return_qkv)
+
+
+@dataclass
+class TeacherSpec:
+    """Which teacher to run (the ``--teacher-*`` options).
+
+    Attributes:
+        kind: ``conformer`` (an experiment folder of ``train.py``) or ``hf`` (a
+            ``transformers`` directory / hub name, or a fairseq HuBERT ``.pt``).
+        model: the folder, name or file.
+        layer: 1-based layer whose output is embedded (None: a conformer teacher's
+            last layer; layer-wise KD picks its layers itself).
+        epoch, avg: checkpoints averaged (``conformer`` only).
+        normalize: per-utterance waveform normalisation (``hf`` only; None: the
+            model's own setting).
+    """
+
+    kind: str = option(
+        "conformer",
+        "conformer: a train.py experiment folder; hf: a transformers folder / hub name or a "
+        "fairseq HuBERT .pt",
+        flag="--teacher-kind",
+        choices=("conformer", "hf"),
+    )
+    model: Optional[str] = option(
+        None,
+        "experiment folder, transformers name/folder, or fairseq .pt",
+        flag="--teacher-model",
+    )
+    layer: Optional[int] = option(None, "1-based layer", flag="--teacher-layer")
+    epoch: int = option(0, "conformer: last epoch", flag="--teacher-epoch")
+    avg: int = option(1, "conformer: epochs averaged", flag="--teacher-avg")
+    normalize: Optional[bool] = option(
+        None,
+        "hf: per-utterance waveform normalisation (auto: the model's setting)",
+        flag="--teacher-normalize",
+    )
+
+    def build(self, device: torch.device) -> Teacher:
+        if self.kind == "conformer":
+            if self.epoch < 1:
+                raise ValueError("a conformer teacher needs --teacher-epoch (its last epoch)")
+            teacher: Teacher = ConformerTeacher.from_checkpoint(
+                self.model, self.epoch, self.avg, self.layer
+            )
+        elif self.kind == "hf":
+            if self.layer is None:
+                raise ValueError("an hf teacher needs --teacher-layer")
+            teacher = HfSslTeacher.from_pretrained(self.model, self.layer, self.normalize)
+        else:
+            raise ValueError(f"unknown teacher kind {self.kind!r} (conformer or hf)")
+        return teacher.to(device).eval()

@@ -22,14 +22,10 @@ import torch
 from lhotse import load_manifest
 
 import decode
-from mvq_kd.evaluate import (
-    average_checkpoints,
-    decode_suffix,
-    load_model,
-    word_errors,
-    write_results,
-)
-from mvq_kd.trainer import OptimConfig, Trainer
+from mvq_kd.checkpoint import average_checkpoints, load_model
+from mvq_kd.config import OptimConfig
+from mvq_kd.evaluate import decode_suffix, word_errors, write_results
+from mvq_kd.trainer import Trainer
 from tests.test_train import tiny_config
 
 PARTS = ("test-clean", "test-other")

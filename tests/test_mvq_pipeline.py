@@ -11,14 +11,10 @@ import torch
 from lhotse import CutSet, load_manifest
 from lhotse.dataset.collation import collate_features
 
-from mvq_kd.codebooks import (
-    INDEX_FIELD,
-    QUANTIZER_ID_FIELD,
-    TeacherSpec,
-    check_quantizer_ids,
-    compute_codebook_indexes,
-)
+from mvq_kd.codebooks import compute_codebook_indexes
+from mvq_kd.fields import INDEX_FIELD, QUANTIZER_ID_FIELD, check_quantizer_ids
 from mvq_kd.quantization import Quantizer
+from mvq_kd.teacher import TeacherSpec
 from tests.conftest import REPO
 
 CPU = torch.device("cpu")

@@ -10,13 +10,8 @@ import pytest
 import torch
 from lhotse import load_manifest
 
-from mvq_kd.nbest import (
-    NBEST_TEACHER_FIELD,
-    NBestConfig,
-    compute_nbest,
-    cut_nbest,
-    nbest_weights,
-)
+from mvq_kd.fields import NBEST_TEACHER_FIELD, cut_nbest, nbest_weights
+from mvq_kd.nbest import NBestConfig, compute_nbest
 from tests.conftest import REPO
 
 CPU = torch.device("cpu")
@@ -24,7 +19,7 @@ CPU = torch.device("cpu")
 
 def config(teacher_exp, tiny_data, **kw) -> NBestConfig:
     kw = {"beam": 4, "nbest": 3, "max_duration": 5.0, **kw}
-    return NBestConfig(teacher_exp, 1, 1, tiny_data["bpe_model"], **kw)
+    return NBestConfig(teacher_exp, 1, tiny_data["bpe_model"], 1, **kw)
 
 
 def lists(manifest):
@@ -109,7 +104,7 @@ def test_bad_settings_are_explained(teacher_exp, tiny_data, tmp_path):
         for c in load_manifest(tiny_data["fbank"] / "synth_cuts_train.jsonl.gz")
     ]
     other = train_bpe(texts, tmp_path / "lang", vocab_size=40)
-    cfg = NBestConfig(teacher_exp, 1, 1, other)
+    cfg = NBestConfig(teacher_exp, 1, other, 1)
     src = tiny_data["fbank"] / "synth_cuts_dev.jsonl.gz"
     with pytest.raises(ValueError, match="has 40 tokens, the teacher .* 60"):
         compute_nbest(cfg, src, tmp_path / "x.jsonl.gz", CPU)

@@ -14,10 +14,11 @@ import torch.multiprocessing as mp
 from lhotse import CutSet, NumpyFilesWriter, load_manifest
 from lhotse.utils import fastcopy
 
-from mvq_kd.dataset import DataConfig, load_cuts, make_sampler
+from mvq_kd.config import OptimConfig, TrainConfig
+from mvq_kd.dataset import CutFilter, DataConfig, ResumableSampler, load_cuts, make_sampler
 from mvq_kd.model.encoder import EncoderConfig
 from mvq_kd.model.transducer import TransducerConfig
-from mvq_kd.trainer import CutFilter, OptimConfig, ResumableSampler, TrainConfig, Trainer
+from mvq_kd.trainer import Trainer
 
 
 def tiny_config(tiny_data, exp_dir: Path, causal: bool = False, **kw) -> TrainConfig:

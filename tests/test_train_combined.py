@@ -7,12 +7,15 @@ import pytest
 import torch
 from lhotse import load_manifest
 
-from mvq_kd.codebooks import INDEX_FIELD, TeacherSpec, compute_codebook_indexes
+from mvq_kd.codebooks import compute_codebook_indexes
+from mvq_kd.fields import INDEX_FIELD, cut_nbest
 from mvq_kd.kd.frame import FrameKdConfig
 from mvq_kd.kd.sequence import SequenceKdConfig
-from mvq_kd.nbest import NBestConfig, compute_nbest, cut_nbest
+from mvq_kd.loss import TeacherTargets, compute_loss, frame_kd_targets, layerwise_teacher_targets
+from mvq_kd.nbest import NBestConfig, compute_nbest
 from mvq_kd.quantization import Quantizer
-from mvq_kd.trainer import Trainer, compute_loss, frame_kd_targets, layerwise_teacher_targets
+from mvq_kd.teacher import TeacherSpec
+from mvq_kd.trainer import Trainer
 from tests.test_train import tiny_config
 from tests.test_train_layerwise import ALL_LOSSES
 
@@ -29,7 +32,7 @@ def combo(tiny_data, teacher_exp, tmp_path_factory) -> dict:
     quantizer = Quantizer(torch.randn(4, 256, 32), torch.zeros(32))
     quantizer.save(root / "quantizer.pt")
     spec = TeacherSpec("conformer", str(teacher_exp), layer=2, epoch=1)
-    nbest = NBestConfig(teacher_exp, 1, 1, tiny_data["bpe_model"], beam=2, nbest=2)
+    nbest = NBestConfig(teacher_exp, 1, tiny_data["bpe_model"], 1, beam=2, nbest=2)
     for part in PARTS:
         name = f"synth_cuts_{part}.jsonl.gz"
         src = tiny_data["fbank"] / name
@@ -70,11 +73,13 @@ def test_all_three_families_in_one_step(tiny_data, teacher_exp, combo, tmp_path)
     trainer.sampler.set_epoch(1)
     batch = next(b for b in trainer.train_loader if None in b["texts"] and any(b["texts"]))
     model = trainer.model
-    loss, stats = compute_loss(
-        model, batch, trainer.sp, trainer.cfg.loss, 0, CPU,
+    teacher = TeacherTargets(
         frame_kd_targets(batch, trainer.cfg.frame_kd.cut_fields(), None, CPU),
         layerwise_teacher_targets(batch, trainer.teacher, model.layerwise_kd, CPU),
-        trainer.cfg.sequence_kd,
+    )
+    loss, stats = compute_loss(
+        model, batch, trainer.sp, trainer.cfg.loss, CPU,
+        teacher=teacher, sequence_kd=trainer.cfg.sequence_kd,
     )  # fmt: skip
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
@@ -96,7 +101,7 @@ def test_combined_run_trains_and_records_every_family(tiny_data, teacher_exp, co
 
 def test_unlabeled_cuts_without_stored_targets_are_refused(tiny_data, teacher_exp, combo, tmp_path):
     # Unlabeled cuts with N-best lists but no codebook indexes (stage 7 not run on them).
-    nbest = NBestConfig(teacher_exp, 1, 1, tiny_data["bpe_model"], beam=2, nbest=2)
+    nbest = NBestConfig(teacher_exp, 1, tiny_data["bpe_model"], 1, beam=2, nbest=2)
     name = "synth_cuts_train-unlabeled.jsonl.gz"
     assert compute_nbest(nbest, tiny_data["fbank"] / name, tmp_path / name, CPU)
     cfg = combined_config(tiny_data, teacher_exp, combo, tmp_path / "exp", unlabeled_dir=tmp_path)

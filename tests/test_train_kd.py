@@ -10,14 +10,17 @@ from lhotse import CutSet, load_manifest
 from lhotse.utils import fastcopy
 
 import train as train_cli
-from mvq_kd.codebooks import EMBEDDING_FIELD, INDEX_FIELD, TeacherSpec, compute_codebook_indexes
+from mvq_kd.checkpoint import load_model
+from mvq_kd.codebooks import compute_codebook_indexes
 from mvq_kd.dataset import AsrDataset, NoiseMix
-from mvq_kd.evaluate import load_model
+from mvq_kd.fields import EMBEDDING_FIELD, INDEX_FIELD
 from mvq_kd.kd.frame import FrameKd, FrameKdConfig, TargetSpec, frame_ratio
 from mvq_kd.kd.regression import EmbeddingRegressionLoss
+from mvq_kd.loss import TeacherTargets, compute_loss, frame_kd_targets
 from mvq_kd.model.transducer import Transducer
 from mvq_kd.quantization import Quantizer
-from mvq_kd.trainer import Trainer, compute_loss, frame_kd_targets
+from mvq_kd.teacher import TeacherSpec
+from mvq_kd.trainer import Trainer
 from tests.test_decode import run_decode
 from tests.test_train import run_ddp, tiny_config
 
@@ -65,7 +68,9 @@ def test_every_parameter_gets_a_gradient(tiny_data, kd_data, tmp_path, frame_kd)
     trainer.sampler.set_epoch(1)
     batch = next(iter(trainer.train_loader))
     targets = frame_kd_targets(batch, frame_kd.cut_fields(), trainer.teacher, CPU)
-    loss, stats = compute_loss(trainer.model, batch, trainer.sp, trainer.cfg.loss, 0, CPU, targets)
+    loss, stats = compute_loss(
+        trainer.model, batch, trainer.sp, trainer.cfg.loss, CPU, teacher=TeacherTargets(targets)
+    )
     loss.backward()
     missing = [n for n, p in trainer.model.named_parameters() if p.grad is None]
     assert not missing, f"parameters without gradient: {missing}"

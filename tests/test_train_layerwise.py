@@ -5,11 +5,13 @@ import pytest
 import torch
 
 import train as train_cli
-from mvq_kd.codebooks import TeacherSpec
-from mvq_kd.evaluate import load_model
+from mvq_kd.checkpoint import load_model
+from mvq_kd.kd.build import build_layerwise_kd
 from mvq_kd.kd.layerwise import LayerwiseKdConfig
+from mvq_kd.loss import TeacherTargets, compute_loss, layerwise_teacher_targets
 from mvq_kd.model.transducer import Transducer
-from mvq_kd.trainer import Trainer, compute_loss, layerwise_teacher_targets
+from mvq_kd.teacher import TeacherSpec
+from mvq_kd.trainer import Trainer
 from tests.test_decode import run_decode
 from tests.test_train import run_ddp, tiny_config
 
@@ -48,7 +50,12 @@ def test_every_parameter_gets_a_gradient_and_unlabeled_cuts_are_mixed_in(
     batch = next(b for b in all_batches if None in b["texts"] and any(b["texts"]))
     teacher = layerwise_teacher_targets(batch, trainer.teacher, kd, CPU)
     loss, stats = compute_loss(
-        trainer.model, batch, trainer.sp, trainer.cfg.loss, 0, CPU, None, teacher
+        trainer.model,
+        batch,
+        trainer.sp,
+        trainer.cfg.loss,
+        CPU,
+        teacher=TeacherTargets(None, teacher),
     )
     loss.backward()
     missing = [n for n, p in trainer.model.named_parameters() if p.grad is None]
@@ -64,8 +71,8 @@ def test_unlabeled_cuts_produce_no_transducer_loss(tiny_data, teacher_exp, tmp_p
     batch = next(b for b in batches(trainer) if None in b["texts"] and any(b["texts"]))
     kd = trainer.model.layerwise_kd
     _, mixed = compute_loss(
-        model, batch, trainer.sp, trainer.cfg.loss, 0, CPU, None,
-        layerwise_teacher_targets(batch, trainer.teacher, kd, CPU),
+        model, batch, trainer.sp, trainer.cfg.loss, CPU,
+        teacher=TeacherTargets(layers=layerwise_teacher_targets(batch, trainer.teacher, kd, CPU)),
     )  # fmt: skip
     # The same batch without its unlabeled cuts: identical transducer losses.
     keep = [i for i, t in enumerate(batch["texts"]) if t is not None]
@@ -77,7 +84,7 @@ def test_unlabeled_cuts_produce_no_transducer_loss(tiny_data, teacher_exp, tmp_p
         "texts": [batch["texts"][i] for i in keep],
         "cuts": [batch["cuts"][i] for i in keep],
     }
-    _, alone = compute_loss(model, labeled, trainer.sp, trainer.cfg.loss, 0, CPU)
+    _, alone = compute_loss(model, labeled, trainer.sp, trainer.cfg.loss, CPU)
     for k in ("simple_loss", "pruned_loss"):
         assert mixed[k] == pytest.approx(alone[k], rel=1e-4), k
     assert mixed["labeled_frames"] == alone["frames"]
@@ -86,8 +93,8 @@ def test_unlabeled_cuts_produce_no_transducer_loss(tiny_data, teacher_exp, tmp_p
     only = {k: (v[unl] if torch.is_tensor(v) else [v[i] for i in unl]) for k, v in batch.items()}
     model.train()
     loss, stats = compute_loss(
-        model, only, trainer.sp, trainer.cfg.loss, 0, CPU, None,
-        layerwise_teacher_targets(only, trainer.teacher, kd, CPU),
+        model, only, trainer.sp, trainer.cfg.loss, CPU,
+        teacher=TeacherTargets(layers=layerwise_teacher_targets(only, trainer.teacher, kd, CPU)),
     )  # fmt: skip
     assert stats["simple_loss"] == stats["pruned_loss"] == stats["labeled_frames"] == 0
     loss.backward()
@@ -147,7 +154,7 @@ def test_bad_setups_are_clear_errors(tiny_data, teacher_exp, tmp_path):
     cfg = lw_config(tiny_data, teacher_exp, tmp_path / "d")
     cfg.teacher = TeacherSpec("hf", "no-such-model", layer=1)
     with pytest.raises(ValueError, match="Conformer teacher"):
-        Trainer._build_layerwise_kd(type("T", (), {"cfg": cfg, "teacher": object()})())
+        build_layerwise_kd(cfg.layerwise_kd, cfg.data, cfg.model.encoder, object())
 
 
 def test_train_cli_builds_layerwise_options(tiny_data, teacher_exp, tmp_path):

@@ -8,9 +8,12 @@ import pytest
 import torch
 from lhotse import load_manifest
 
-from mvq_kd.kd.sequence import SequenceKdConfig, cut_targets
-from mvq_kd.nbest import NBestConfig, compute_nbest, cut_nbest
-from mvq_kd.trainer import Trainer, batch_targets, compute_loss, tokenize
+from mvq_kd.dataset import tokenize
+from mvq_kd.fields import cut_nbest
+from mvq_kd.kd.sequence import SequenceKdConfig, batch_targets, cut_targets
+from mvq_kd.loss import compute_loss
+from mvq_kd.nbest import NBestConfig, compute_nbest
+from mvq_kd.trainer import Trainer
 from tests.test_train import tiny_config
 
 CPU = torch.device("cpu")
@@ -21,7 +24,7 @@ PARTS = ("train", "train-unlabeled")
 def nbest_dir(tiny_data, teacher_exp, tmp_path_factory):
     """3-best lists of the random tiny teacher for the training and unlabeled cuts."""
     out = tmp_path_factory.mktemp("nbest")
-    cfg = NBestConfig(teacher_exp, 1, 1, tiny_data["bpe_model"], beam=3, nbest=3)
+    cfg = NBestConfig(teacher_exp, 1, tiny_data["bpe_model"], 1, beam=3, nbest=3)
     for part in PARTS:
         name = f"synth_cuts_{part}.jsonl.gz"
         assert compute_nbest(cfg, tiny_data["fbank"] / name, out / name, CPU)
@@ -83,9 +86,7 @@ def test_loss_is_the_weighted_sum_over_hypotheses(tiny_data, nbest_dir, tmp_path
     trainer.sampler.set_epoch(1)
     batch = next(b for b in trainer.train_loader if None in b["texts"] and any(b["texts"]))
     model = trainer.model.eval()  # no dropout: the forwards must agree
-    _, stats = compute_loss(
-        model, batch, trainer.sp, trainer.cfg.loss, 0, CPU, sequence_kd=seq
-    )  # fmt: skip
+    _, stats = compute_loss(model, batch, trainer.sp, trainer.cfg.loss, CPU, sequence_kd=seq)
     # Unlabeled cuts train on their pseudo labels: every cut has a target.
     assert stats["labeled_frames"] == stats["frames"]
     targets = batch_targets(batch["cuts"], seq)

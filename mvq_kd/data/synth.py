@@ -24,7 +24,7 @@ import logging
 import math
 import multiprocessing
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -33,7 +33,9 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
+from mvq_kd.cli import option
 from mvq_kd.data.espeak import ESpeak, Voice
+from mvq_kd.fields import SAMPLE_RATE
 from mvq_kd.utils import atomic_path
 
 SPLITS = ("train", "dev", "test-clean", "test-other", "train-unlabeled")
@@ -47,7 +49,6 @@ TRAIN_ACCENTS = (
     "en-gb-x-gbcwmd",
 )
 UNSEEN_ACCENTS = ("en-029", "en-us-nyc")
-SAMPLE_RATE = 16000
 _WORDS_PER_SECOND = 3.2  # measured, silences included: sizes splits before synthesis
 
 
@@ -67,17 +68,22 @@ class SynthCorpusConfig:
         splits: which splits to write.
     """
 
-    seed: int = 42
-    train_hours: float = 2.0
-    unlabeled_hours: float = 2.0
-    dev_utts: int = 200
-    test_utts: int = 300
-    num_train_speakers: int = 160
+    seed: int = option(42, "everything (sentences, voices, noise) is a function of it")
+    train_hours: float = option(2.0, "approximate audio duration of train")
+    unlabeled_hours: float = option(2.0, "approximate audio duration of train-unlabeled")
+    dev_utts: int = option(200, "utterances of dev")
+    test_utts: int = option(300, "utterances per test set")
+    num_train_speakers: int = option(160, "distinct training voices")
     utts_per_chapter: int = 20
     min_words: int = 4
     max_words: int = 18
     other_snr_db: Tuple[float, float] = (5.0, 20.0)
-    splits: Sequence[str] = field(default_factory=lambda: list(SPLITS))
+    splits: Sequence[str] = option(
+        help="which splits to write",
+        default_factory=lambda: list(SPLITS),
+        choices=SPLITS,
+        nargs="+",
+    )
 
     def __post_init__(self) -> None:
         unknown = set(self.splits) - set(SPLITS)

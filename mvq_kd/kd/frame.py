@@ -19,8 +19,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from lhotse import CutSet
 from torch import Tensor, nn
 
-from mvq_kd.codebooks import EMBEDDING_FIELD, INDEX_FIELD
+from mvq_kd.cli import option
 from mvq_kd.dataset import speech_track
+from mvq_kd.fields import EMBEDDING_FIELD, INDEX_FIELD
 from mvq_kd.kd.codebook import CodebookLoss, align_teacher_frames, aligned_lengths
 from mvq_kd.kd.regression import LOSS_KINDS, EmbeddingRegressionLoss
 
@@ -44,12 +45,26 @@ class FrameKdConfig:
         quantizer_id: when set, the training cuts' indexes must come from this quantizer.
     """
 
-    layer: int = 0
-    codebook_loss_scale: float = 0.0
-    joint_codebook_loss: bool = False
-    embedding_loss: str = "none"
-    embedding_loss_scale: float = 1.0
-    embedding_source: str = "stored"
+    layer: int = option(
+        0,
+        "1-based student encoder layer that predicts the teacher targets (0: the middle layer)",
+        flag="--kd-layer",
+    )
+    codebook_loss_scale: float = option(
+        0.0, "MVQ-KD: weight of the codebook-index cross-entropy (0: off; icefall: 0.1)"
+    )
+    joint_codebook_loss: bool = option(
+        False, "condition each codebook's prediction on the previous codebook's index"
+    )
+    embedding_loss: str = option(
+        "none", "L1/L2 regression of the teacher embeddings", choices=("none",) + LOSS_KINDS
+    )
+    embedding_loss_scale: float = option(1.0, "weight of the embedding regression")
+    embedding_source: str = option(
+        "stored",
+        "stored: the cuts' teacher_embeddings; teacher: run the --teacher-* on every batch",
+        choices=EMBEDDING_SOURCES,
+    )
     quantizer_id: Optional[str] = None
 
     def __post_init__(self) -> None:

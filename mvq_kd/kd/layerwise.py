@@ -38,7 +38,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from mvq_kd.cli import option
 from mvq_kd.model.encoder import FeedForward, RotarySelfAttention, attention_mask, valid_mask
+from mvq_kd.teacher import TeacherLayers
 
 # -log sigmoid(1): the feature / APC loss per frame of identical directions.
 MIN_COSINE_LOSS = -math.log(1.0 / (1.0 + math.exp(-1.0)))
@@ -57,19 +59,34 @@ class LayerwiseKdConfig:
         attention_loss_scale: weight of the attention-relation loss (0: off).
         apc_loss_scale: weight of the future-prediction loss (0: off).
         apc_shift: ``k``, frames ahead the LSTM predicts.
-        aux_heads: attention heads of the branches' Transformer layer (0: the teacher's).
-        aux_ffn_dim: its feed-forward width (0: 4x the teacher's dim).
     """
 
-    student_layers: Tuple[int, ...] = ()
-    teacher_layers: Tuple[int, ...] = ()
-    num_connections: int = 4
-    feature_loss_scale: float = 0.0
-    attention_loss_scale: float = 0.0
-    apc_loss_scale: float = 0.0
-    apc_shift: int = 2
-    aux_heads: int = 0
-    aux_ffn_dim: int = 0
+    student_layers: Tuple[int, ...] = option(
+        (),
+        "1-based student layers with an auxiliary branch (default: --layerwise-connections "
+        "evenly spaced layers)",
+        flag="--layerwise-student-layers",
+        nargs="+",
+    )
+    teacher_layers: Tuple[int, ...] = option(
+        (),
+        "the teacher layer of each --layerwise-student-layers",
+        flag="--layerwise-teacher-layers",
+        nargs="+",
+    )
+    num_connections: int = option(
+        4,
+        "connections of the default map (16 / 16 layers, 4: 4-4, 8-8, 12-12, 16-16)",
+        flag="--layerwise-connections",
+    )
+    feature_loss_scale: float = option(
+        0.0, "weight of -log sigmoid(cos) between teacher and auxiliary features (0: off)"
+    )
+    attention_loss_scale: float = option(
+        0.0, "weight of the QQ/KK/VV attention-relation KL (0: off)"
+    )
+    apc_loss_scale: float = option(0.0, "weight of the future-prediction (APC) loss (0: off)")
+    apc_shift: int = option(2, "APC: frames ahead to predict")
 
     def __post_init__(self) -> None:
         self.student_layers = tuple(self.student_layers)
@@ -239,21 +256,6 @@ def relation_loss(teacher: Tensor, student: Tensor, lens: Tensor, num_heads: int
     return checkpoint(relation_kl, teacher, student, lens, num_heads, use_reentrant=False)
 
 
-@dataclass
-class TeacherLayers:
-    """What the teacher gives each connection.
-
-    Attributes:
-        outputs: per teacher layer (1-based key) its output, (B, T, D).
-        qkv: per teacher layer its ``(q, k, v)``, each (B, H, T, D / H).
-        lens: (B,) valid frames.
-    """
-
-    outputs: Dict[int, Tensor]
-    qkv: Dict[int, Tuple[Tensor, Tensor, Tensor]]
-    lens: Tensor
-
-
 class LayerwiseKd(nn.Module):
     """The auxiliary branches and losses of layer-wise KD.
 
@@ -284,11 +286,11 @@ class LayerwiseKd(nn.Module):
             "attention_loss": cfg.attention_loss_scale,
             "apc_loss": cfg.apc_loss_scale,
         }
-        heads = cfg.aux_heads or teacher_heads
-        ffn = cfg.aux_ffn_dim or 4 * teacher_dim
         apc = cfg.apc_loss_scale > 0
         self.branches = nn.ModuleList(
-            AuxiliaryBranch(student_dim, teacher_dim, heads, ffn, dropout, with_lstm=apc)
+            AuxiliaryBranch(
+                student_dim, teacher_dim, teacher_heads, 4 * teacher_dim, dropout, with_lstm=apc
+            )
             for _ in self.pairs
         )
 

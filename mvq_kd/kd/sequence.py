@@ -19,10 +19,14 @@ unlabeled one no target (it can still serve the other distillation losses).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
+import torch
+from torch import Tensor
+
+from mvq_kd.cli import option
 from mvq_kd.dataset import speech_track
-from mvq_kd.nbest import WEIGHTINGS, cut_nbest, nbest_weights
+from mvq_kd.fields import WEIGHTINGS, cut_nbest, nbest_weights
 
 PSEUDO_LABELS = ("none", "1best", "nbest")
 
@@ -35,9 +39,24 @@ class SequenceKdConfig:
     ground_truth_weight: a labeled cut's transcript weight beside its hypotheses.
     """
 
-    pseudo_labels: str = "none"
-    weighting: str = "uniform"
-    ground_truth_weight: float = 0.0
+    pseudo_labels: str = option(
+        "none",
+        "train on the teacher's 1-best or N-best of prepare.sh stage 8 (--train-manifest-dir "
+        "data/<corpus>/nbest)",
+        choices=PSEUDO_LABELS,
+    )
+    weighting: str = option(
+        "uniform",
+        "weights of the N-best hypotheses: uniform, or the teacher's posterior renormalised "
+        "over the list",
+        flag="--nbest-weighting",
+        choices=WEIGHTINGS,
+    )
+    ground_truth_weight: float = option(
+        0.0,
+        "a labeled cut's transcript weight beside its pseudo labels (0: pseudo labels only; "
+        "1: the transcript alone, the pseudo labels train only the --unlabeled-parts)",
+    )
 
     def __post_init__(self) -> None:
         if self.pseudo_labels not in PSEUDO_LABELS:
@@ -81,3 +100,38 @@ def cut_targets(cut, cfg: SequenceKdConfig) -> List[Tuple[str, float]]:
     if text is not None and cfg.ground_truth_weight > 0:
         targets.insert(0, (text, cfg.ground_truth_weight))
     return targets
+
+
+@dataclass
+class BatchTargets:
+    """The transducer targets of a batch of B cuts: R target transcripts.
+
+    Attributes:
+        texts: R transcripts (an empty one, weight 0, for a cut without target).
+        weights: (R,) float loss weights (None: all 1).
+        rows: (R,) int64 cut of each target (None: ``arange(B)``, one target per cut).
+        has_target: (B,) bool, the cuts with a (pseudo) transcript.
+    """
+
+    texts: List[str]
+    weights: Optional[Tensor]
+    rows: Optional[Tensor]
+    has_target: Tensor
+
+
+def batch_targets(cuts: Sequence, cfg: SequenceKdConfig) -> BatchTargets:
+    """The targets of the cuts (see :func:`cut_targets`)."""
+    per_cut = [cut_targets(c, cfg) for c in cuts]
+    has_target = torch.tensor([bool(t) for t in per_cut])
+    # A cut without target keeps one empty row of weight 0, so that the transducer's
+    # parameters are in the graph even for a batch of unlabeled cuts (DDP needs them).
+    per_cut = [t or [("", 0.0)] for t in per_cut]
+    texts = [text for t in per_cut for text, _ in t]
+    weights = [w for t in per_cut for _, w in t]
+    rows = None
+    if len(texts) != len(per_cut):
+        rows = torch.tensor([i for i, t in enumerate(per_cut) for _ in t], dtype=torch.int64)
+    all_one = all(w == 1.0 for w in weights)
+    return BatchTargets(
+        texts, None if all_one else torch.tensor(weights, dtype=torch.float32), rows, has_target
+    )

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mvq_kd.cli import option
+
 # Input frames one encoder frame needs beyond its own 4: frame t sees 4t .. 4t + 6.
 SUBSAMPLING_FACTOR = 4
 SUBSAMPLING_RIGHT_CONTEXT = 3
@@ -62,19 +64,21 @@ class EncoderConfig:
     """
 
     num_features: int = 80
-    num_layers: int = 12
-    d_model: int = 256
-    num_heads: int = 4
-    ffn_dim: int = 1024
-    conv_kernel: int = 31
-    dropout: float = 0.1
-    causal: bool = False
-    chunk_size: int = 8
-    left_context: int = 32
-    dynamic_chunk_training: bool = True
+    num_layers: int = option(12, "Conformer layers", flag="--num-encoder-layers")
+    d_model: int = option(256, "encoder width", flag="--encoder-dim")
+    num_heads: int = option(4, "attention heads")
+    ffn_dim: int = option(1024, "feed-forward width", flag="--feedforward-dim")
+    conv_kernel: int = option(31, "convolution module kernel (odd for non-causal models)")
+    dropout: float = option(0.1, "dropout of the encoder layers")
+    causal: bool = option(False, "streaming (causal) encoder")
+    chunk_size: int = option(8, "decoding chunk of a causal model, in 40 ms encoder frames")
+    left_context: int = option(32, "left context of a causal model in encoder frames (-1: all)")
+    dynamic_chunk_training: bool = option(
+        True, "causal models: train on a random chunk size and left context per batch"
+    )
     max_train_chunk_size: int = 32
     full_context_prob: float = 0.25
-    subsampling_channels: int = 64
+    subsampling_channels: int = option(64, "channels of the 4x convolutional subsampling")
 
     def __post_init__(self) -> None:
         if self.d_model % self.num_heads != 0:

@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import Tensor, nn
 
+from mvq_kd.cli import option
 from mvq_kd.model.decoder import Decoder
 from mvq_kd.model.encoder import ConformerEncoder, EncoderConfig, EncoderOutput
 from mvq_kd.model.joiner import Joiner
@@ -22,9 +23,9 @@ class TransducerConfig:
     encoder: EncoderConfig
     vocab_size: int
     blank_id: int = 0
-    decoder_dim: int = 512
-    joiner_dim: int = 512
-    context_size: int = 2
+    decoder_dim: int = option(512, "prediction network (decoder) width")
+    joiner_dim: int = option(512, "joiner width")
+    context_size: int = option(2, "decoder context: previous tokens it sees")
     ctc_head: bool = False
 
     def __post_init__(self) -> None:
