@@ -11,8 +11,6 @@ from mvq_kd.model import (
     Transducer,
     TransducerConfig,
     chunk_attention_mask,
-    model_config_from_dict,
-    model_config_to_dict,
     streaming_input_slices,
 )
 
@@ -332,9 +330,7 @@ def test_training_reduces_loss():
 
 def test_config_dict_round_trip():
     model = tiny_transducer()
-    d = model_config_to_dict(model.config)
-    d = json.loads(json.dumps(d))
-    assert model_config_from_dict(d) == model.config
+    d = json.loads(json.dumps(model.config.to_dict()))
     assert TransducerConfig.from_dict(d) == model.config
     rebuilt = Transducer.from_dict(d)
     rebuilt.load_state_dict(model.state_dict())

@@ -14,8 +14,6 @@ from mvq_kd.model.transducer import (
     Transducer,
     TransducerConfig,
     TransducerOutput,
-    model_config_from_dict,
-    model_config_to_dict,
 )
 
 __all__ = [
@@ -29,7 +27,5 @@ __all__ = [
     "TransducerConfig",
     "TransducerOutput",
     "chunk_attention_mask",
-    "model_config_from_dict",
-    "model_config_to_dict",
     "streaming_input_slices",
 ]

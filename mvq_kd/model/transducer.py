@@ -43,16 +43,6 @@ class TransducerConfig:
         return cls(encoder=EncoderConfig(**d.pop("encoder")), **d)
 
 
-def model_config_to_dict(config: TransducerConfig) -> Dict[str, Any]:
-    """Config as a plain dict, to store in a checkpoint."""
-    return config.to_dict()
-
-
-def model_config_from_dict(d: Dict[str, Any]) -> TransducerConfig:
-    """Config from :func:`model_config_to_dict`'s dict."""
-    return TransducerConfig.from_dict(d)
-
-
 @dataclass
 class TransducerOutput:
     """Losses (summed over the batch) and the encoder output they were computed from."""
@@ -85,7 +75,7 @@ class Transducer(nn.Module):
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "Transducer":
-        """Freshly initialised model from a config dict (see :func:`model_config_to_dict`)."""
+        """Freshly initialised model from a config dict (see :meth:`TransducerConfig.to_dict`)."""
         return cls(TransducerConfig.from_dict(d))
 
     @property
