@@ -697,3 +697,14 @@ def test_the_recipe_model_follows_its_stages_and_the_experiment_matrix():
     # the driver's own options
     problems = check_commands(split_commands("local/run_experiments.py --group main", "bash"))
     assert problems and "--group" in problems[0]
+
+
+def test_launchers_are_seen_through():
+    argv = shlex.split("torchrun --nproc-per-node 4 --standalone train.py --exp-dir x")
+    assert (classify(argv).name, classify(argv).args) == ("train.py", ["--exp-dir", "x"])
+    argv = shlex.split("python3 ./decode.py --help")
+    assert (classify(argv).kind, classify(argv).name) == ("python", "decode.py")
+    assert classify(shlex.split("bash egs/synth/run.sh --stage 1")).name == "egs/synth/run.sh"
+    assert classify(shlex.split("python -m pytest -q tests")).kind == "skip"
+    with pytest.raises(ValueError):
+        classify(shlex.split("python -m json.tool x"))
