@@ -191,6 +191,21 @@ def test_average_rejects_mismatched_configs(offline_exp, tmp_path):
         average_checkpoints([tmp_path / "a.pt", tmp_path / "missing.pt"])
 
 
+def test_checkpoint_format_is_stable(offline_exp, tmp_path):
+    """Checkpoints written before the format moved to mvq_kd.checkpoint (the same literal
+    keys) still load; the keys written are exactly these."""
+    ckpt = torch.load(offline_exp / "epoch-2.pt", weights_only=False)
+    assert set(ckpt) == {
+        "model", "model_config", "optimizer", "grad_scaler", "step", "epoch",
+        "batch_in_epoch", "train_seconds", "rng", "bpe_model",
+    }  # fmt: skip
+    old = {"model": ckpt["model"], "model_config": ckpt["model_config"], "epoch": 3}
+    torch.save(old, tmp_path / "epoch-1.pt")
+    model, _ = load_model(tmp_path, 1, 1, CPU)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ckpt["model"][k]), k
+
+
 def test_avg_larger_than_epoch_is_a_clear_error(offline_exp, tiny_data):
     with pytest.raises(ValueError, match="--avg must be in 1..2"):
         load_model(offline_exp, 2, 3, CPU)
