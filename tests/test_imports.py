@@ -20,7 +20,14 @@ import pytest
 from tests.conftest import REPO
 
 PACKAGE = REPO / "mvq_kd"
-PRIMITIVES = {"mvq_kd.utils", "mvq_kd.cli", "mvq_kd.fields", "mvq_kd.device", "mvq_kd.rnnt"}
+PRIMITIVES = {
+    "mvq_kd.utils",
+    "mvq_kd.cli",
+    "mvq_kd.fields",
+    "mvq_kd.device",
+    "mvq_kd.rnnt",
+    "mvq_kd.quantization",
+}
 PIPELINES = {
     "mvq_kd.trainer",
     "mvq_kd.evaluate",
