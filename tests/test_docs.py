@@ -373,10 +373,11 @@ def prepare_stages(v: Dict[str, str]):
     def cuts(d, ps):
         return [f"{d}/{prefix}_cuts_{p}.jsonl.gz" for p in ps]
 
+    corpus_dir = f"{v['dl_dir']}/" + ("SynthSpeech" if prefix == "synth" else "LibriSpeech")
     stages = {
-        0: lambda: ([], [f"{v['dl_dir']}/SynthSpeech"] if prefix == "synth" else []),
+        0: lambda: ([], [corpus_dir]),  # synthesized, or the missing parts downloaded
         1: lambda: (
-            [],
+            [corpus_dir],
             [
                 f"{man}/{prefix}_{k}_{p}.jsonl.gz"
                 for p in parts
@@ -674,6 +675,9 @@ def test_stage_ranges_decide_what_prepare_makes():
     block = "./prepare.sh --corpus synth --vocab-size 64 --stop-stage 3\n" + BLOCK.split("\n", 2)[2]
     problems = check_commands(split_commands(block, "bash"))
     assert problems and all("lang_bpe_64/bpe.model" in p for p in problems)
+    # manifests of a corpus that stage 0 did not make
+    problems = check_commands(split_commands("./prepare.sh --corpus synth --stage 1", "bash"))
+    assert problems and "download/SynthSpeech" in problems[0]
 
 
 def test_unknown_commands_fail_and_others_are_skipped_explicitly():
