@@ -2,7 +2,7 @@
 r"""Decode test sets with a trained transducer (averaged epoch checkpoints).
 
     ./decode.py --exp-dir egs/synth/exp/teacher --epoch 10 --avg 3 \
-        --bpe-model data/synth/lang_bpe_500/bpe.model --decoding-method modified_beam_search
+        --bpe-model data/synth/lang_bpe_64/bpe.model --decoding-method modified_beam_search
 
 Streaming (causal) models decode with a chunked attention mask by default
 (--streaming simulated), or truly chunk by chunk with cached state

@@ -3,7 +3,7 @@ r"""Train a Conformer transducer (teacher or student) with the pruned RNN-T loss
 
 Single process:
     ./train.py --exp-dir egs/synth/exp/teacher --manifest-dir data/synth/fbank \
-        --bpe-model data/synth/lang_bpe_500/bpe.model --num-epochs 10
+        --bpe-model data/synth/lang_bpe_64/bpe.model --num-epochs 10
 Several GPUs / nodes (DDP):
     torchrun --nproc-per-node 4 train.py ...
 Resume: --start-epoch N (from epoch-(N-1).pt) or --start-batch B (from checkpoint-B.pt,

@@ -159,6 +159,12 @@ def get_parser() -> argparse.ArgumentParser:
         help="print what the selected experiments need from the teacher (mvq, "
         "nbest, mvq-nbest; one a line) and exit",
     )
+    p.add_argument(
+        "--print-setting",
+        metavar="NAME",
+        default=None,
+        help="print the value of one of the recipe's settings (after the overrides) and exit",
+    )
     return p
 
 
@@ -191,6 +197,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     csv_path = args.results_csv or Path(recipe.results.get("csv", "results.csv"))
     md_path = args.results_md or Path(recipe.results.get("markdown", "RESULTS.md"))
 
+    if args.print_setting is not None:
+        if args.print_setting not in recipe.settings:
+            sys.exit(f"{args.recipe}: no setting {args.print_setting} "
+                     f"(settings: {', '.join(recipe.settings)})")
+        print(recipe.settings[args.print_setting])
+        return
     selected = recipe.select(args.groups, args.only, args.exclude)
     if args.print_needs:
         print("\n".join(recipe.needs(selected)))

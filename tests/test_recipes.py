@@ -159,6 +159,15 @@ def test_settings_override(tmp_path, drive):
         drive(tmp_path, "--set", "nope=1", "--dry-run")
 
 
+def test_print_setting_is_what_run_sh_reads(capsys):
+    """run.sh takes the teacher layer of its codebook stage from the matrix, not a copy."""
+    driver.main(["--print-setting", "teacher_layer", "--set", "teacher_layer=3"])
+    assert capsys.readouterr().out.strip() == "3"
+    with pytest.raises(SystemExit, match="no setting nope"):
+        driver.main(["--print-setting", "nope"])
+    assert "--print-setting teacher_layer" in (REPO / "egs/synth/run.sh").read_text()
+
+
 def fake_python(path: Path, body: str) -> str:
     path.write_text("#!/usr/bin/env bash\n" + body)
     path.chmod(0o755)

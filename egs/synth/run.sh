@@ -56,7 +56,6 @@ export PYTHONUNBUFFERED=1
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (run.sh:${BASH_LINENO[0]}) $*"; }
 
 vocab=64
-teacher_layer=4         # the teacher layer of experiments.yaml's teacher_layer
 settings="--exp-dir $exp --teacher-epochs $teacher_epochs --student-epochs $student_epochs
   --avg $avg --seeds $seeds"
 main_models="teacher student-baseline"  # stages 1-2; the other students: stages 3-5
@@ -80,6 +79,7 @@ fi
 
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
   needs=$(drive $students --print-needs)
+  teacher_layer=$(drive --print-setting teacher_layer)  # the layer MVQ-KD and L2 distil
   teacher="--teacher-model $exp/teacher --teacher-epoch $teacher_epochs --teacher-avg $avg"
   if echo "$needs" | grep -qx mvq; then
     log "Stage 3: teacher codebook indexes and embeddings -> data/synth/mvq"
