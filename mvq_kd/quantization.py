@@ -3,7 +3,7 @@
 A vector ``x`` of dimension ``D`` is approximated by ``mean + sum_n C[n, i_n]``: ``N``
 codebooks of ``K = 256`` entries, so one byte per codebook and ``N`` bytes per frame.
 This is the same representation as the ``multi_quantization`` package that icefall's
-MVQ-KD uses (REFERENCE.md section 2), trained differently:
+MVQ-KD uses (Guo et al., 2022), trained differently:
 
 * **Initialisation**: residual k-means. Codebook ``n`` is k-means on what codebooks
   ``0 .. n-1`` leave unexplained.

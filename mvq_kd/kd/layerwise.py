@@ -1,5 +1,5 @@
 """Layer-wise distillation from a non-streaming teacher into a streaming student through
-auxiliary non-streaming layers (Shim et al., Interspeech 2023; ``REFERENCE.md`` section 4).
+auxiliary non-streaming layers (Shim et al., Interspeech 2023).
 
 At each connected student layer ``l`` a training-only :class:`AuxiliaryBranch` maps the
 student's frames ``h^l`` (B, T, C) to the teacher's width and gives them the full
