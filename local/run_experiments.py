@@ -135,13 +135,18 @@ def get_parser() -> argparse.ArgumentParser:
         "--python", default=sys.executable, help="the interpreter that runs train.py and decode.py"
     )
     p.add_argument(
-        "--results-csv", type=Path, default=None, help="the rows; None: the recipe's results csv"
+        "--results-csv",
+        type=Path,
+        default=None,
+        help="the rows; None: the recipe's results csv (with --exp-dir other than the "
+        "recipe's: <exp-dir>/results.csv)",
     )
     p.add_argument(
         "--results-md",
         type=Path,
         default=None,
-        help="the generated tables; None: the recipe's results markdown",
+        help="the generated tables; None: the recipe's results markdown (with --exp-dir "
+        "other than the recipe's: <exp-dir>/RESULTS.md)",
     )
     p.add_argument(
         "--dry-run",
@@ -193,14 +198,23 @@ def main(argv: Optional[List[str]] = None) -> None:
                        ("student_epochs", args.student_epochs), ("avg", args.avg)):  # fmt: skip
         if value is not None:
             overrides[key] = value
+    default_exp_dir = recipe.settings["exp_dir"]
     recipe = recipe.with_settings(overrides)
     csv_path = args.results_csv or Path(recipe.results.get("csv", "results.csv"))
     md_path = args.results_md or Path(recipe.results.get("markdown", "RESULTS.md"))
+    if Path(recipe.settings["exp_dir"]) != Path(default_exp_dir):
+        # Models of another experiment folder (a smoke run, a shortened recipe) never
+        # replace the recipe's measured rows: their table lives beside them.
+        exp_root = Path(recipe.settings["exp_dir"])
+        csv_path = args.results_csv or exp_root / "results.csv"
+        md_path = args.results_md or exp_root / "RESULTS.md"
 
     if args.print_setting is not None:
         if args.print_setting not in recipe.settings:
-            sys.exit(f"{args.recipe}: no setting {args.print_setting} "
-                     f"(settings: {', '.join(recipe.settings)})")
+            sys.exit(
+                f"{args.recipe}: no setting {args.print_setting} "
+                f"(settings: {', '.join(recipe.settings)})"
+            )
         print(recipe.settings[args.print_setting])
         return
     selected = recipe.select(args.groups, args.only, args.exclude)

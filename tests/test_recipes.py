@@ -336,6 +336,19 @@ def test_train_decode_rows_end_to_end(tmp_path, drive):
     assert read_rows(csv) == rows
 
 
+def test_another_exp_dir_keeps_its_rows_beside_its_models(tmp_path, drive):
+    """A smoke run (``run.sh --exp /tmp/x --teacher-epochs 2``) never replaces the measured
+    rows of the recipe's own table: its rows go to ``<exp-dir>/results.csv``."""
+    stub = tmp_path / "fake_python"
+    stub.write_text(FAKE_PROGRAMS.replace("#!/usr/bin/env python3", f"#!{sys.executable}"))
+    stub.chmod(0o755)
+    committed = (REPO / "egs/synth/results.csv").read_bytes()
+    drive(tmp_path / "exp", "--only", "teacher", "--python", str(stub))
+    assert [r.exp for r in read_rows(tmp_path / "exp/results.csv")] == ["teacher"]
+    assert (tmp_path / "exp/RESULTS.md").exists()
+    assert (REPO / "egs/synth/results.csv").read_bytes() == committed
+
+
 @pytest.mark.parametrize(
     "change, error",
     [
