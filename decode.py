@@ -16,9 +16,10 @@ from pathlib import Path
 
 from mvq_kd.checkpoint import load_model
 from mvq_kd.cli import add_config_args, config_from_args, make_parser
-from mvq_kd.dataset import load_cuts
+from mvq_kd.dataset import add_manifest_args, load_cuts
 from mvq_kd.device import pick_device
 from mvq_kd.evaluate import DecodeOptions, decode_cuts, decode_suffix, write_results
+from mvq_kd.fields import cuts_path
 from mvq_kd.utils import setup_logging
 
 
@@ -31,13 +32,7 @@ def get_parser() -> argparse.ArgumentParser:
     m.add_argument("--bpe-model", type=Path, required=True, help="the model's BPE model")
     m.add_argument("--device", default="auto", help="auto: the GPU if there is one, else the CPU")
     d = p.add_argument_group("test sets: <manifest-dir>/<prefix>_cuts_<part>.jsonl.gz")
-    d.add_argument(
-        "--manifest-dir",
-        type=Path,
-        default=Path("data/synth/fbank"),
-        help="folder of the cut manifests",
-    )
-    d.add_argument("--prefix", default="synth", help="cut manifest prefix (synth, librispeech)")
+    add_manifest_args(d)
     d.add_argument(
         "--test-parts", nargs="+", default=["test-clean", "test-other"], help="parts decoded"
     )
@@ -68,7 +63,7 @@ def main(argv=None) -> None:
     )
     out_dir = args.exp_dir / args.decoding_method
     for part in args.test_parts:
-        cuts = load_cuts([args.manifest_dir / f"{args.prefix}_cuts_{part}.jsonl.gz"])
+        cuts = load_cuts([cuts_path(args.manifest_dir, args.prefix, part)])
         results = decode_cuts(model, sp, cuts, opts, device, args.max_duration)
         wer = write_results(out_dir, part, suffix, results)
         logging.info(f"{part} {suffix}: WER {wer:.2f}% ({len(results)} cuts) -> {out_dir}")

@@ -31,7 +31,8 @@ from pathlib import Path
 
 from mvq_kd.cli import add_config_args, config_from_args, make_parser
 from mvq_kd.config import OptimConfig, TrainConfig
-from mvq_kd.dataset import DataConfig
+from mvq_kd.dataset import DataConfig, add_manifest_args
+from mvq_kd.fields import cuts_path
 from mvq_kd.kd.frame import FrameKdConfig
 from mvq_kd.kd.layerwise import LayerwiseKdConfig
 from mvq_kd.kd.sequence import SequenceKdConfig
@@ -49,12 +50,7 @@ def get_parser() -> argparse.ArgumentParser:
     p = make_parser(__doc__)
     add_config_args(p, TrainConfig, "training")
     m = p.add_argument_group("cut manifests: <dir>/<prefix>_cuts_<part>.jsonl.gz")
-    m.add_argument(
-        "--manifest-dir",
-        type=Path,
-        default=Path("data/synth/fbank"),
-        help="folder of the cut manifests",
-    )
+    add_manifest_args(m)
     m.add_argument(
         "--train-manifest-dir",
         type=Path,
@@ -62,7 +58,6 @@ def get_parser() -> argparse.ArgumentParser:
         help="training (and unlabeled) cuts from here instead of --manifest-dir (e.g. "
         "data/synth/mvq: the cuts with codebook indexes of prepare.sh stage 7)",
     )
-    m.add_argument("--prefix", default="synth", help="cut manifest prefix (synth, librispeech)")
     m.add_argument("--train-parts", nargs="+", default=["train"], help="training parts")
     m.add_argument("--valid-parts", nargs="+", default=["dev"], help="validation parts")
     m.add_argument(
@@ -108,7 +103,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     )
 
     def cuts(folder: Path, part: str) -> Path:
-        return folder / f"{args.prefix}_cuts_{part}.jsonl.gz"
+        return cuts_path(folder, args.prefix, part)
 
     train_dir = args.train_manifest_dir or args.manifest_dir
     data = config_from_args(

@@ -14,8 +14,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lhotse import CutSet, load_manifest  # noqa: E402
 
 from mvq_kd.cli import make_parser  # noqa: E402
-from mvq_kd.data.fbank import compute_fbank, cuts_path  # noqa: E402
+from mvq_kd.data.fbank import compute_fbank  # noqa: E402
 from mvq_kd.data.librispeech import manifest_paths  # noqa: E402
+from mvq_kd.fields import cuts_path  # noqa: E402
 from mvq_kd.utils import setup_logging  # noqa: E402
 
 

@@ -16,7 +16,8 @@ from lhotse import CutSet, combine  # noqa: E402
 from lhotse.recipes import download_musan, prepare_musan  # noqa: E402
 
 from mvq_kd.cli import make_parser  # noqa: E402
-from mvq_kd.data.fbank import compute_fbank, cuts_path  # noqa: E402
+from mvq_kd.data.fbank import compute_fbank  # noqa: E402
+from mvq_kd.fields import cuts_path  # noqa: E402
 from mvq_kd.utils import setup_logging  # noqa: E402
 
 

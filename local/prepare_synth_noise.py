@@ -16,8 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lhotse import CutSet, Recording, RecordingSet  # noqa: E402
 
 from mvq_kd.cli import make_parser  # noqa: E402
-from mvq_kd.data.fbank import compute_fbank, cuts_path  # noqa: E402
+from mvq_kd.data.fbank import compute_fbank  # noqa: E402
 from mvq_kd.data.synth import write_noise_set  # noqa: E402
+from mvq_kd.fields import cuts_path  # noqa: E402
 from mvq_kd.utils import setup_logging  # noqa: E402
 
 

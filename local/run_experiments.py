@@ -30,16 +30,12 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
 from mvq_kd import experiments as ex  # noqa: E402
+from mvq_kd.cli import make_parser  # noqa: E402
 from mvq_kd.utils import atomic_path  # noqa: E402
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the help, the description's examples as written."""
-
-
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=_Formatter,
-                                allow_abbrev=False)  # fmt: skip
+    p = make_parser(__doc__)
     p.add_argument(
         "--recipe",
         type=Path,

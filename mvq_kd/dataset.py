@@ -178,6 +178,19 @@ class DataConfig:
             raise ValueError(f"unlabeled_ratio must be > 0, got {self.unlabeled_ratio}")
 
 
+def add_manifest_args(group) -> None:
+    """``--manifest-dir`` and ``--prefix``: the folder and name prefix of the cut manifests
+    (:func:`mvq_kd.fields.cuts_path`) a program reads, shared by ``train.py`` and
+    ``decode.py``. ``group``: an ``argparse`` parser or argument group."""
+    group.add_argument(
+        "--manifest-dir",
+        type=Path,
+        default=Path("data/synth/fbank"),
+        help="folder of the cut manifests",
+    )
+    group.add_argument("--prefix", default="synth", help="cut manifest prefix (synth, librispeech)")
+
+
 def load_cuts(paths: Sequence[Path]) -> CutSet:
     """Lazily open and concatenate cut manifests, with a clear error for missing ones."""
     for path in paths:

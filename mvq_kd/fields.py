@@ -9,9 +9,16 @@ that read them back.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 SAMPLE_RATE = 16000  # Hz: the corpora's audio and the teachers' input
+
+
+def cuts_path(folder: Path, prefix: str, part: str) -> Path:
+    """The cut manifest of one part: ``<folder>/<prefix>_cuts_<part>.jsonl.gz``."""
+    return Path(folder) / f"{prefix}_cuts_{part}.jsonl.gz"
+
 
 # Frame-level targets (stage 7, :mod:`mvq_kd.codebooks`): temporal array fields of a cut.
 INDEX_FIELD = "codebook_indexes"  # (T', num_codebooks) uint8

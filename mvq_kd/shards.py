@@ -26,6 +26,7 @@ import numpy as np
 from lhotse import CutSet, load_manifest_lazy
 from lhotse.cut import Cut
 
+from mvq_kd.fields import cuts_path
 from mvq_kd.utils import atomic_path
 
 
@@ -194,7 +195,7 @@ def part_manifests(args) -> List[Tuple[Path, Path]]:
     with a clear message, before any work, when an input is missing."""
     pairs = []
     for part in args.parts:
-        src = args.manifest_dir / f"{args.prefix}_cuts_{part}.jsonl.gz"
+        src = cuts_path(args.manifest_dir, args.prefix, part)
         if not src.is_file():
             raise SystemExit(f"Missing manifest {src}: run the fbank stage of prepare.sh first")
         pairs.append((src, args.output_dir / src.name))

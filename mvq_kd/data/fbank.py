@@ -20,11 +20,8 @@ from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter
 from lhotse.utils import fastcopy
 
 from mvq_kd.data.librispeech import BadAudioError
+from mvq_kd.fields import cuts_path
 from mvq_kd.utils import Pathlike, atomic_path
-
-
-def cuts_path(output_dir: Path, prefix: str, part: str) -> Path:
-    return output_dir / f"{prefix}_cuts_{part}.jsonl.gz"
 
 
 def _extract_shard(args: Tuple[CutSet, Path, int]) -> CutSet:
