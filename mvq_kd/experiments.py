@@ -32,6 +32,7 @@ from mvq_kd.results import (
     measured_row,
     read_rows,
     render,
+    wer_summary_path,
 )
 
 GROUPS = ("main", "kd-baselines", "layerwise", "seq-kd", "combined")
@@ -467,8 +468,7 @@ def decode(
             raise FileNotFoundError(f"No {ckpt}: train {run.name} first (--steps train)")
         for mode in run.decode_modes():
             suffix = run.wer_suffix(mode)
-            summaries = [run.exp_dir / "greedy_search" / f"wer-summary-{p}-{suffix}.txt"
-                         for p in TEST_PARTS]  # fmt: skip
+            summaries = [wer_summary_path(run.exp_dir, p, suffix) for p in TEST_PARTS]
             if ckpt.is_file() and all(
                 s.is_file() and s.stat().st_mtime >= ckpt.stat().st_mtime for s in summaries
             ):

@@ -214,9 +214,14 @@ def add_row(path: Path, row: Row) -> None:
     write_rows(path, upsert(read_rows(path), row, str(path)))
 
 
+def wer_summary_path(exp_dir: Path, part: str, suffix: str, method: str = "greedy_search") -> Path:
+    """``<exp_dir>/<method>/wer-summary-<part>-<suffix>.txt``, which decode.py writes."""
+    return Path(exp_dir) / method / f"wer-summary-{part}-{suffix}.txt"
+
+
 def read_wer(exp_dir: Path, part: str, suffix: str, method: str = "greedy_search") -> float:
-    """WER (%) from ``<exp_dir>/<method>/wer-summary-<part>-<suffix>.txt`` (decode.py's)."""
-    path = Path(exp_dir) / method / f"wer-summary-{part}-{suffix}.txt"
+    """WER (%) from :func:`wer_summary_path` (decode.py's result file)."""
+    path = wer_summary_path(exp_dir, part, suffix, method)
     if not path.is_file():
         raise FileNotFoundError(f"No {path}: decode {exp_dir} first (decode.py)")
     return float(path.read_text().splitlines()[1].split("\t")[1])
