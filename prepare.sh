@@ -46,6 +46,7 @@ unlabeled_libri=        # librispeech: parts prepared without transcripts, for K
 # synth corpus size and seed
 synth_train_hours=2     # hours of labeled training audio
 synth_unlabeled_hours=2 # hours of unlabeled training audio
+synth_teacher_hours=6   # hours of labeled audio only the teacher learns from (train-teacher)
 synth_seed=42           # the corpus is a function of this seed
 synth_noise_files=200   # 10 s files of synthetic training noise (stage 3)
 # MVQ-KD (stages 5-7)
@@ -65,7 +66,7 @@ nbest_input_dir=        # cuts to decode (default: <data-dir>/fbank)
 nbest_dir=              # default: <data-dir>/nbest
 
 options="corpus stage stop_stage dl_dir data_dir nj vocab_size speed_perturb musan skip_bad_audio
- full_libri unlabeled_libri synth_train_hours synth_unlabeled_hours synth_seed synth_noise_files teacher_kind teacher_model
+ full_libri unlabeled_libri synth_train_hours synth_unlabeled_hours synth_teacher_hours synth_seed synth_noise_files teacher_kind teacher_model
  teacher_layer teacher_epoch teacher_avg num_codebooks mvq_num_cuts store_embeddings mvq_dir
  nbest_beam nbest nbest_input_dir nbest_dir"
 
@@ -88,7 +89,8 @@ case "$corpus" in
     prefix=synth
     train_parts="train"
     eval_parts="dev test-clean test-other"
-    unlabeled_parts="train-unlabeled" ;;
+    unlabeled_parts="train-unlabeled"
+    teacher_parts="train-teacher" ;;
   librispeech)
     corpus_dir=$dl_dir/LibriSpeech
     prefix=librispeech
@@ -96,6 +98,7 @@ case "$corpus" in
     [ "$full_libri" = true ] && train_parts="train-clean-100 train-clean-360 train-other-500"
     eval_parts="dev-clean dev-other test-clean test-other"
     unlabeled_parts="$unlabeled_libri"
+    teacher_parts=""
     for part in $unlabeled_parts; do
       case " $train_parts " in *" $part "*)
         echo "$0: --unlabeled-libri $part is also a labeled training part (drop it there or use --full-libri false)" >&2
@@ -104,7 +107,7 @@ case "$corpus" in
     done ;;
   *) echo "$0: --corpus must be synth or librispeech, not '$corpus'" >&2; exit 1 ;;
 esac
-all_parts="$train_parts $eval_parts $unlabeled_parts"
+all_parts="$train_parts $eval_parts $unlabeled_parts $teacher_parts"
 sp_factors=""; [ "$speed_perturb" = true ] && sp_factors="0.9 1.1"
 skip_flag=""; [ "$skip_bad_audio" = true ] && skip_flag="--skip-bad-audio"
 
@@ -115,6 +118,7 @@ if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
     log "Stage 0: synthesize the embedded corpus into $corpus_dir"
     $python "$here/local/make_synth_corpus.py" --corpus-dir "$corpus_dir" \
       --train-hours "$synth_train_hours" --unlabeled-hours "$synth_unlabeled_hours" \
+      --teacher-hours "$synth_teacher_hours" \
       --seed "$synth_seed" --num-jobs "$nj"
   else
     log "Stage 0: LibriSpeech parts in $corpus_dir (downloading missing ones)"
@@ -136,7 +140,7 @@ if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
   $python "$here/local/compute_fbank.py" --manifest-dir "$manifests" --output-dir "$fbank" \
     --prefix $prefix --parts $train_parts --speed-perturb $sp_factors --num-jobs "$nj"
   $python "$here/local/compute_fbank.py" --manifest-dir "$manifests" --output-dir "$fbank" \
-    --prefix $prefix --parts $eval_parts $unlabeled_parts --num-jobs "$nj"
+    --prefix $prefix --parts $eval_parts $unlabeled_parts $teacher_parts --num-jobs "$nj"
 fi
 
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then

@@ -22,13 +22,18 @@ from mvq_kd.teacher import TeacherSpec
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warm-up and icefall's Eden decay.
+    """AdamW or ScaledAdam (:mod:`mvq_kd.optim`) with linear warm-up and icefall's Eden decay.
 
     ``lr(step, epoch) = base_lr * min(1, step / warmup_batches)
     * ((step^2 + lr_batches^2) / lr_batches^2)^-0.25
     * ((epoch^2 + lr_epochs^2) / lr_epochs^2)^-0.25`` (epoch counted from 0).
     """
 
+    optimizer: str = option(
+        "adamw",
+        "adamw, or scaled_adam (steps relative to each weight's RMS; peak lr ~0.04)",
+        choices=["adamw", "scaled_adam"],
+    )
     base_lr: float = option(2e-3, "peak learning rate")
     warmup_batches: int = option(500, "batches of linear learning-rate warm-up")
     lr_batches: float = option(5000.0, "Eden decay: its scale in batches")

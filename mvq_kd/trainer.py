@@ -58,6 +58,7 @@ from mvq_kd.loss import (
 )
 from mvq_kd.model.encoder import ENCODER_FRAME_SHIFT
 from mvq_kd.model.transducer import Transducer
+from mvq_kd.optim import build_optimizer
 from mvq_kd.teacher import Teacher
 from mvq_kd.utils import atomic_path
 
@@ -129,9 +130,7 @@ class Trainer:
         model, self.teacher = build_model(cfg, self.device)
         model = model.to(self.device)
         self.model: nn.Module = model
-        self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=cfg.optim.base_lr, weight_decay=cfg.optim.weight_decay
-        )
+        self.optimizer = build_optimizer(model.parameters(), cfg.optim)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.use_fp16)
         self.step = 0  # batches trained so far, over all epochs
         self.epoch = cfg.start_epoch

@@ -16,6 +16,7 @@ torch.set_num_threads(1)
 TINY = dict(
     train_hours=0.012,
     unlabeled_hours=0.004,
+    teacher_hours=0.004,
     dev_utts=3,
     test_utts=4,
     num_train_speakers=5,

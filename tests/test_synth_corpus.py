@@ -9,7 +9,6 @@ from mvq_kd.data.synth import (
     SPLITS,
     TRAIN_ACCENTS,
     SynthCorpusConfig,
-    load_sentences,
     plan_corpus,
     write_corpus,
 )
@@ -70,10 +69,66 @@ def test_split_design():
     assert all(u.noise is None for u in plan["train"])
 
 
-def test_sentence_source_has_real_vocabulary():
-    sentences = load_sentences(4, 18)
-    vocab = {w for s in sentences for w in s.split()}
-    assert len(sentences) > 5000 and len(vocab) > 5000
+def test_grammar_sentences_are_distinct_and_recur_in_words():
+    from collections import Counter
+
+    from mvq_kd.data.grammar import generate_sentences, load_lexicon, past, plural
+
+    assert [plural(w) for w in ("BOX", "CITY", "DAY", "DOG", "TOMATO")] == [
+        "BOXES",
+        "CITIES",
+        "DAYS",
+        "DOGS",
+        "TOMATOES",
+    ]
+    assert [past(w) for w in ("LIKE", "CARRY", "PLAY", "WALK")] == [
+        "LIKED",
+        "CARRIED",
+        "PLAYED",
+        "WALKED",
+    ]
+    lex = load_lexicon()
+    assert lex.nouns["CHILD"] == "CHILDREN" and lex.transitive["BUY"] == "BOUGHT"
+    words = set(lex.words())
+    a = generate_sentences(3000, seed=3)
+    assert a == generate_sentences(3000, seed=3) and a != generate_sentences(3000, seed=4)
+    assert len(set(a)) == 3000 and all(4 <= len(s.split()) <= 18 for s in a)
+    assert {w for s in a for w in s.split()} <= words | {
+        "A",
+        "AN",
+        "THE",
+        "OF",
+        "AND",
+        "BUT",
+        "THAT",
+    } | set(
+        "I YOU HE SHE WE THEY ME HIM HER US THEM IT MY YOUR HIS OUR THEIR THIS THOSE THESE "
+        "SOME IS ARE AM WAS WERE DID WILL CAN SHOULD MUST MIGHT WOULD COULD PLEASE WHO WHERE "
+        "WHEN WHY HOW MANY VERY QUITE REALLY TOO BECAUSE SO WHILE UNTIL BEFORE IF ALTHOUGH "
+        "AS SOON SAID THINKS KNEW HEARD BELIEVES FORGOT TEACHER FRIEND IN TO FROM NEAR "
+        "HUNDRED ONE TWO THREE FOUR FIVE SIX".split()
+    )
+    # A closed vocabulary: most word forms of held-out sentences recur in 2,500 others.
+    train = Counter(w for s in a[:2500] for w in s.split())
+    held_out = [w for s in a[2500:] for w in s.split()]
+    assert sum(w in train for w in held_out) / len(held_out) > 0.97
+    assert generate_sentences(5, 1, exclude=frozenset(generate_sentences(5, 1))) != (
+        generate_sentences(5, 1)
+    )
+
+
+def test_default_corpus_tests_hearing_not_memorising():
+    plan = plan_corpus(SynthCorpusConfig())
+    test_words = {w for s in ("test-clean", "test-other") for u in plan[s] for w in u.text.split()}
+    assert len(test_words) >= 1500
+    train = {u.text for s in ("train", "train-teacher", "train-unlabeled") for u in plan[s]}
+    for s in ("dev", "test-clean", "test-other"):
+        assert not {u.text for u in plan[s]} & train
+    # train-teacher: labeled audio of training-like voices of its own, 3x the students' train
+    teacher, students = plan["train-teacher"], plan["train"]
+    assert 2.5 < len(teacher) / len(students) < 3.5
+    assert not {u.voice for u in teacher} & {u.voice for u in students}
+    assert all(u.voice.language in TRAIN_ACCENTS and u.noise is None for u in teacher)
 
 
 def test_resume_after_interruption(corpus_copy, tmp_path):

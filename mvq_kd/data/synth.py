@@ -1,8 +1,8 @@
 """The embedded synthetic speech corpus, written in the LibriSpeech layout.
 
 Speech is synthesized offline with espeak-ng (:mod:`mvq_kd.data.espeak`) from
-sentences with a real English vocabulary (Markov-chain text of Project Gutenberg
-novels shipped by the ``markov-draftjs`` package, ~8k distinct words). Each split is
+sentences of a small grammar of everyday English (:mod:`mvq_kd.data.grammar`, ~2,750
+word forms, every sentence of the corpus distinct). Each split is
 written as ``<corpus_dir>/<split>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac``
 plus ``<speaker>-<chapter>.trans.txt``, exactly like LibriSpeech, so the LibriSpeech
 preparation code path reads it.
@@ -15,6 +15,8 @@ Splits (all deterministic from the seed):
   additive white/pink/brown noise at 5-20 dB SNR.
 * ``train-unlabeled``: more audio of new training-like voices. Its transcripts are
   written (so the layout stays LibriSpeech's) but recipes must not train on them.
+* ``train-teacher``: labeled audio of further training-like voices that only the teacher
+  learns from (with ``train``), as HuBERT learns from far more audio than its students.
 """
 
 from __future__ import annotations
@@ -23,9 +25,7 @@ import json
 import logging
 import math
 import multiprocessing
-import re
 from dataclasses import asdict, dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -35,10 +35,11 @@ from scipy.signal import resample_poly
 
 from mvq_kd.cli import option
 from mvq_kd.data.espeak import ESpeak, Voice
+from mvq_kd.data.grammar import generate_sentences
 from mvq_kd.fields import SAMPLE_RATE
 from mvq_kd.utils import atomic_path
 
-SPLITS = ("train", "dev", "test-clean", "test-other", "train-unlabeled")
+SPLITS = ("train", "dev", "test-clean", "test-other", "train-unlabeled", "train-teacher")
 
 TRAIN_ACCENTS = (
     "en-us",
@@ -49,7 +50,7 @@ TRAIN_ACCENTS = (
     "en-gb-x-gbcwmd",
 )
 UNSEEN_ACCENTS = ("en-029", "en-us-nyc")
-_WORDS_PER_SECOND = 3.2  # measured, silences included: sizes splits before synthesis
+_WORDS_PER_SECOND = 2.83  # measured, silences included: sizes splits before synthesis
 
 
 @dataclass
@@ -60,6 +61,7 @@ class SynthCorpusConfig:
         seed: everything (sentences, voices, noise) is a function of it.
         train_hours: approximate audio duration of ``train``.
         unlabeled_hours: approximate audio duration of ``train-unlabeled``.
+        teacher_hours: approximate audio duration of ``train-teacher``.
         dev_utts, test_utts: utterances in ``dev`` and in each test set.
         num_train_speakers: distinct training voices.
         utts_per_chapter: utterances per (speaker, chapter) transcript file.
@@ -71,6 +73,9 @@ class SynthCorpusConfig:
     seed: int = option(42, "everything (sentences, voices, noise) is a function of it")
     train_hours: float = option(2.0, "approximate audio duration of train")
     unlabeled_hours: float = option(2.0, "approximate audio duration of train-unlabeled")
+    teacher_hours: float = option(
+        6.0, "approximate audio duration of train-teacher (labeled, for the teacher only)"
+    )
     dev_utts: int = option(200, "utterances of dev")
     test_utts: int = option(300, "utterances per test set")
     num_train_speakers: int = option(160, "distinct training voices")
@@ -102,28 +107,6 @@ class Utterance:
     seed: int
 
 
-def load_sentences(min_words: int, max_words: int) -> List[str]:
-    """Upper-case sentences (LibriSpeech transcript style) from the packaged text.
-
-    Paragraphs are split at sentence and clause punctuation; chunks containing digits
-    or outside ``[min_words, max_words]`` are dropped; the result is deduplicated and
-    sorted (so it is independent of dictionary/set ordering).
-    """
-    content = json.loads(resources.files("markov_draftjs").joinpath("content.json").read_text())
-    sentences = set()
-    for doc in content:
-        for block in doc["blocks"]:
-            text = block["text"].replace("\u2019", "'").replace("\u2018", "'")
-            for chunk in re.split(r"[.!?;:\u2014\u201c\u201d\"()]+", text):
-                if re.search(r"\d", chunk):
-                    continue
-                words = re.sub(r"[^A-Za-z' ]+", " ", chunk).upper().split()
-                words = [w.strip("'") for w in words if w.strip("'")]
-                if min_words <= len(words) <= max_words:
-                    sentences.add(" ".join(words))
-    return sorted(sentences)
-
-
 def _variants() -> List[str]:
     import espeakng_loader
 
@@ -148,26 +131,23 @@ def plan_corpus(cfg: SynthCorpusConfig) -> Dict[str, List[Utterance]]:
         split name -> list of utterances, ids in LibriSpeech form ``SPK-CHAPTER-UTT``.
     """
     rng = np.random.default_rng(cfg.seed)
-    sentences = load_sentences(cfg.min_words, cfg.max_words)
-    rng.shuffle(sentences)
-    mean_words = float(np.mean([len(s.split()) for s in sentences]))
-    secs_per_utt = mean_words / _WORDS_PER_SECOND
-
-    # Disjoint sentence pools: evaluation sentences are never used for training.
-    n_eval = {"dev": cfg.dev_utts, "test-clean": cfg.test_utts, "test-other": cfg.test_utts}
+    # Disjoint sentence pools: every sentence of the corpus is distinct, so no evaluation
+    # sentence is ever used for training.
+    sizes = {"dev": cfg.dev_utts, "test-clean": cfg.test_utts, "test-other": cfg.test_utts}
+    probe = generate_sentences(2000, cfg.seed + 1, cfg.min_words, cfg.max_words)
+    secs_per_utt = float(np.mean([len(s.split()) for s in probe])) / _WORDS_PER_SECOND
+    for split, hours in (
+        ("train", cfg.train_hours),
+        ("train-unlabeled", cfg.unlabeled_hours),
+        ("train-teacher", cfg.teacher_hours),
+    ):
+        sizes[split] = math.ceil(hours * 3600 / secs_per_utt)
+    sentences = generate_sentences(sum(sizes.values()), cfg.seed, cfg.min_words, cfg.max_words)
     pools: Dict[str, List[str]] = {}
     start = 0
-    for split, n in n_eval.items():
+    for split, n in sizes.items():
         pools[split] = sentences[start : start + n]
         start += n
-    train_pool = sentences[start:]
-    if len(train_pool) < 100:
-        raise ValueError("Too few sentences left for training; lower dev_utts/test_utts")
-    n_train = math.ceil(cfg.train_hours * 3600 / secs_per_utt)
-    n_unlab = math.ceil(cfg.unlabeled_hours * 3600 / secs_per_utt)
-    # Training and unlabeled text: cycle the training pool (repeats only for huge corpora).
-    pools["train"] = [train_pool[i % len(train_pool)] for i in range(n_train)]
-    pools["train-unlabeled"] = [train_pool[(n_train + i) % len(train_pool)] for i in range(n_unlab)]
 
     variants = _variants()
     shuffled = list(variants)
@@ -180,6 +160,10 @@ def plan_corpus(cfg: SynthCorpusConfig) -> Dict[str, List[Utterance]]:
         for _ in range(cfg.num_train_speakers)
     ]
     unlabeled_voices = [
+        _draw_voice(rng, TRAIN_ACCENTS, seen_variants, (140, 201), (30, 71))
+        for _ in range(cfg.num_train_speakers)
+    ]
+    teacher_voices = [
         _draw_voice(rng, TRAIN_ACCENTS, seen_variants, (140, 201), (30, 71))
         for _ in range(cfg.num_train_speakers)
     ]
@@ -204,6 +188,9 @@ def plan_corpus(cfg: SynthCorpusConfig) -> Dict[str, List[Utterance]]:
             elif split == "train-unlabeled":
                 spk_idx = int(srng.integers(len(unlabeled_voices)))
                 spk, voice, noise = 5000 + spk_idx, unlabeled_voices[spk_idx], None
+            elif split == "train-teacher":
+                spk_idx = int(srng.integers(len(teacher_voices)))
+                spk, voice, noise = 7000 + spk_idx, teacher_voices[spk_idx], None
             else:  # train, dev and test-clean share the training voices
                 spk_idx = int(srng.integers(len(train_voices)))
                 spk, voice, noise = 1000 + spk_idx, train_voices[spk_idx], None
