@@ -343,26 +343,27 @@ def teacher_reads(kind: str, model, epoch, avg) -> List[str]:
     return checkpoints(model, int(epoch), int(avg))
 
 
-# corpus -> (prefix, training parts, evaluation parts, unlabeled parts)
+# corpus -> (prefix, training parts, evaluation parts, unlabeled parts, teacher-only parts)
 def corpus_parts(v: Dict[str, str]):
     if v["corpus"] == "synth":
-        return "synth", ["train"], ["dev", "test-clean", "test-other"], ["train-unlabeled"]
+        evals = ["dev", "test-clean", "test-other"]
+        return "synth", ["train"], evals, ["train-unlabeled"], ["train-teacher"]
     train = ["train-clean-100"]
     if v.get("full_libri") == "true":
         train += ["train-clean-360", "train-other-500"]
     evals = ["dev-clean", "dev-other", "test-clean", "test-other"]
-    return "librispeech", train, evals, v.get("unlabeled_libri", "").split()
+    return "librispeech", train, evals, v.get("unlabeled_libri", "").split(), []
 
 
 def prepare_stages(v: Dict[str, str]):
     """(stage, reads, makes) of ./prepare.sh with option values v."""
-    prefix, train, evals, unlabeled = corpus_parts(v)
+    prefix, train, evals, unlabeled, teacher_only = corpus_parts(v)
     data = v.get("data_dir") or f"data/{v['corpus']}"
     man, fb = f"{data}/manifests", f"{data}/fbank"
     lang = f"{data}/lang_bpe_{v['vocab_size']}"
     mvq = v.get("mvq_dir") or f"{data}/mvq"
     nb_in, nb_out = v.get("nbest_input_dir") or fb, v.get("nbest_dir") or f"{data}/nbest"
-    parts = train + evals + unlabeled
+    parts = train + evals + unlabeled + teacher_only
     labeled = train + unlabeled
 
     def teacher():
@@ -492,9 +493,14 @@ def effects_synth_run(v, world: World):
     settings = ["--exp-dir", v["exp"], "--teacher-epochs", v["teacher_epochs"],
                 "--student-epochs", v["student_epochs"], "--avg", v["avg"],
                 "--seeds", *v["seeds"].split()]  # fmt: skip
+    stage, stop = int(v["stage"]), int(v["stop_stage"])
+    # --train-jobs >= 2: the baseline trains in stage 4 beside the students of group main
+    defer = (int(v["train_jobs"]) >= 2 and stage <= 2 and stop >= 4 and not v["only"].split()
+             and not v["exp_suffix"] and {"main", "all"} & set(v["groups"].split()))  # fmt: skip
+    excluded = ["teacher"] if defer else SYNTH_MAIN_MODELS
     students = ["--groups", *v["groups"].split()]
     students += ["--only", *v["only"].split()] if v["only"].split() else []
-    students += ["--exclude", *SYNTH_MAIN_MODELS, f"--exp-suffix={v['exp_suffix']}"]
+    students += ["--exclude", *excluded, f"--exp-suffix={v['exp_suffix']}"]
 
     def drive(*args):
         return effects_driver(parse_python(driver, settings + list(args)), world)
@@ -504,13 +510,12 @@ def effects_synth_run(v, world: World):
         "teacher_epoch": v["teacher_epochs"], "teacher_avg": v["avg"],
     }  # fmt: skip
     prep = dict(shell_defaults("prepare.sh"), corpus="synth", vocab_size="64", **teacher)
-    stage, stop = int(v["stage"]), int(v["stop_stage"])
     for s in range(stage, min(stop, 5) + 1):
         if s == 0:
             yield from effects_prepare(dict(prep, stage="0", stop_stage="4"), world)
         elif s == 1:
             yield from drive("--only", "teacher", "--steps", "train")
-        elif s == 2:
+        elif s == 2 and not defer:
             yield from drive("--only", "student-baseline", "--steps", "train")
         elif s == 3:
             ns = parse_python(driver, settings + students)
@@ -528,7 +533,7 @@ def effects_synth_run(v, world: World):
             yield from drive(*students, "--steps", "train")
         elif s == 5:
             if not v["exp_suffix"]:
-                yield from drive("--only", *SYNTH_MAIN_MODELS, "--steps", "decode", "rows")
+                yield from drive("--only", *excluded, "--steps", "decode", "rows")
             yield from drive(*students, "--steps", "decode", "rows")
 
 

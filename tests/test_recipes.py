@@ -285,6 +285,43 @@ def test_run_sh_hands_its_options_to_the_driver(tmp_path):
     assert parsed[0].exp_suffix == ""
 
 
+def test_run_sh_trains_the_baseline_beside_the_students_with_two_jobs(tmp_path):
+    """--train-jobs 2 (the default): stage 1 trains the teacher alone (all threads), the
+    baseline waits for stage 4 and trains there beside the MVQ-KD student; --train-jobs 1:
+    stage 2 trains it alone."""
+
+    def stages(*options):
+        out = subprocess.run(
+            ["bash", "egs/synth/run.sh", "--stage", "1", "--exp", str(tmp_path), *options],
+            cwd=REPO, capture_output=True, text=True, check=True,
+            env=dict(os.environ, PYTHON="echo"),
+        ).stdout  # fmt: skip
+        calls = [shlex.split(line)[1:] for line in out.splitlines()
+                 if line.startswith("local/run_experiments.py")]  # fmt: skip
+        return [driver.get_parser().parse_args(driver._join_suffix(c)) for c in calls]
+
+    recipe = Recipe.load(REPO / "egs/synth/experiments.yaml")
+
+    def trained(a):
+        return [e.name for e in recipe.select(a.groups, a.only, a.exclude)]
+
+    two = stages()
+    assert [(trained(a), a.steps, a.train_jobs) for a in two] == [
+        (["teacher"], ["train"], 1),
+        (["student-baseline", "student-mvq-kd"], ["train"], 2),
+        (["teacher"], ["decode", "rows"], 1),
+        (["student-baseline", "student-mvq-kd"], ["decode", "rows"], 1),
+    ]
+    one = stages("--train-jobs", "1")
+    assert [(trained(a), a.steps) for a in one] == [
+        (["teacher"], ["train"]),
+        (["student-baseline"], ["train"]),
+        (["student-mvq-kd"], ["train"]),
+        (["teacher", "student-baseline"], ["decode", "rows"]),
+        (["student-mvq-kd"], ["decode", "rows"]),
+    ]
+
+
 FAKE_PROGRAMS = r'''#!/usr/bin/env python3
 """train.py / decode.py stand-in: writes what the real programs write, instantly."""
 import json, sys

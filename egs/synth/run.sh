@@ -6,7 +6,7 @@
 #
 #   egs/synth/run.sh                                  # all of the above (group main)
 #   egs/synth/run.sh --groups all                     # the whole table
-#   egs/synth/run.sh --groups all --seeds "42 43 44" --train-jobs 2   # with three seeds
+#   egs/synth/run.sh --groups all --seeds "42 43 44"  # with three seeds
 #   egs/synth/run.sh --groups layerwise --stage 3     # one group, teacher already trained
 #   egs/synth/run.sh --stage 3 --teacher-epochs 20 --exp-suffix -teacher-epoch20
 #                                                     # students again from another teacher
@@ -20,8 +20,9 @@
 #
 # Stages:
 #   0  data: ./prepare.sh --corpus synth (BPE vocabulary 64, training noise)
-#   1  train the teacher: non-streaming Conformer 4 x 192
-#   2  train the student baseline: streaming Conformer 4 x 128 (chunk 160 ms, left 640 ms)
+#   1  train the teacher: non-streaming Conformer 4 x 192 on train and train-teacher
+#   2  train the student baseline: streaming Conformer 4 x 128 (chunk 160 ms, left 640 ms);
+#      with --train-jobs 2 (the default) and stage 4 to come, in stage 4 beside the students
 #   3  what the selected students need from the teacher: ./prepare.sh stages 5-7 (layer-4
 #      embeddings -> 8-byte quantizer -> codebook indexes and fp16 embeddings of every
 #      training and unlabeled cut, data/synth/mvq) and stage 8 (the teacher's 4-best lists,
@@ -39,7 +40,7 @@ nj=2                    # data preparation jobs
 groups=main             # groups of students of stages 3-5 (all: every group)
 only=                   # stages 3-5: only these experiments (e.g. "student-l2-stored")
 seeds=42                # seeds of every training (e.g. "42 43 44")
-train_jobs=1            # trainings at once, one thread each (2 cores: 2)
+train_jobs=2            # trainings at once, one thread each (1: one at a time, all threads)
 exp_suffix=             # appended to every student's folder (and results row) name
 teacher_epochs=10       # epochs of the teacher; the students learn from this checkpoint
 student_epochs=10       # epochs of every student
@@ -59,7 +60,15 @@ vocab=64
 settings="--exp-dir $exp --teacher-epochs $teacher_epochs --student-epochs $student_epochs
   --avg $avg --seeds $seeds"
 main_models="teacher student-baseline"  # stages 1-2; the other students: stages 3-5
-students="--groups $groups${only:+ --only $only} --exclude $main_models --exp-suffix=$exp_suffix"
+# With several trainings at once, the baseline waits for stage 4 and trains there beside
+# the students of group main instead of alone (the teacher gets the cores before).
+defer_baseline=false
+if [ "$train_jobs" -ge 2 ] && [ $stage -le 2 ] && [ $stop_stage -ge 4 ] && [ -z "$only" ] \
+  && [ -z "$exp_suffix" ] && echo " $groups " | grep -qE " (main|all) "; then
+  defer_baseline=true
+fi
+excluded=$main_models; [ $defer_baseline = true ] && excluded=teacher  # stages 4-5
+students="--groups $groups${only:+ --only $only} --exclude $excluded --exp-suffix=$exp_suffix"
 drive() { $python local/run_experiments.py $settings "$@"; }
 
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
@@ -73,8 +82,12 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
 fi
 
 if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
-  log "Stage 2: student baseline"
-  drive --only student-baseline --steps train --train-jobs $train_jobs
+  if [ $defer_baseline = true ]; then
+    log "Stage 2: the student baseline trains in stage 4, beside the other students"
+  else
+    log "Stage 2: student baseline"
+    drive --only student-baseline --steps train --train-jobs $train_jobs
+  fi
 fi
 
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
@@ -103,7 +116,7 @@ fi
 
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   log "Stage 5: decoding, egs/synth/results.csv and egs/synth/RESULTS.md"
-  [ -n "$exp_suffix" ] || drive --only $main_models --steps decode rows
+  [ -n "$exp_suffix" ] || drive --only $excluded --steps decode rows
   drive $students --steps decode rows
 fi
 log "Done"
