@@ -104,12 +104,17 @@ def test_synth_commands_parse(tmp_path, drive):
     assert len(decodes) == 26 + 11  # streaming models decode simulated and chunked
     for cmd in decodes:
         args = decode_cli.get_parser().parse_args(cmd)  # exits on an unknown option
-        assert args.epoch == 10 and args.avg == 3
+        teacher = args.exp_dir.name == "teacher"
+        assert args.epoch == (8 if teacher else 10) and args.avg == 3
     for cmd in trains:
         args = train_cli.get_parser().parse_args(cmd)
         name = args.exp_dir.name
         assert args.exp_dir.parent == tmp_path and args.seed == 42
-        assert args.num_epochs == 10 and args.start_epoch == 1
+        assert args.num_epochs == (8 if name == "teacher" else 10) and args.start_epoch == 1
+        if name == "teacher":  # the teacher alone learns from train-teacher
+            assert args.train_parts == ["train", "train-teacher"] and args.dropout == 0
+        else:
+            assert args.train_parts == ["train"]
         if name.endswith("combined-l2-unlabeled"):  # pseudo labels: unlabeled only
             assert args.pseudo_labels == "nbest" and args.ground_truth_weight == 1
             assert args.unlabeled_parts == ["train-unlabeled"] and args.unlabeled_ratio == 0.5
@@ -122,7 +127,7 @@ def test_synth_commands_parse(tmp_path, drive):
             else:
                 assert args.quantizer is not None
         if args.teacher_model is not None:
-            assert str(args.teacher_model) == str(tmp_path / "teacher") and args.teacher_epoch == 10
+            assert str(args.teacher_model) == str(tmp_path / "teacher") and args.teacher_epoch == 8
 
 
 def test_seeds_and_suffix_name_the_folders(tmp_path, drive):
@@ -189,7 +194,7 @@ def test_training_resumes_after_last_epoch_and_skips_finished(tmp_path, drive):
     lines = (teacher / "train.log").read_text().splitlines()
     assert lines[0] == first.strip()  # appended, not overwritten
     assert lines[1] == first.strip() + " --start-epoch 4"
-    (teacher / "epoch-10.pt").touch()
+    (teacher / "epoch-8.pt").touch()
     assert "teacher is trained, skipping" in drive(exp, *args)
     assert len((teacher / "train.log").read_text().splitlines()) == 2
     # A finished run is not printed by a dry run either; an unfinished one is.
@@ -363,7 +368,7 @@ def test_train_decode_rows_end_to_end(tmp_path, drive):
                                      "student-baseline-seed43", "student-mvq-kd",
                                      "student-mvq-kd-seed43"]  # fmt: skip
     mvq = rows[-1]
-    assert (mvq.family, mvq.seed, mvq.teacher, mvq.streaming) == ("mvq", 43, "teacher@10", True)
+    assert (mvq.family, mvq.seed, mvq.teacher, mvq.streaming) == ("mvq", 43, "teacher@8", True)
     assert (mvq.test_clean, mvq.test_other, mvq.train_minutes) == (50.0, 75.5, 10)
     assert mvq.command.startswith(f"./train.py --exp-dir {tmp_path}/exp/student-mvq-kd-seed43 ")
     assert "regenerated" in out and md.read_text().startswith("# Results on the embedded")
