@@ -11,6 +11,7 @@ student alone.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -202,6 +203,17 @@ def load_model(
     if avg < 1 or avg > epoch:
         raise ValueError(f"--avg must be in 1..{epoch} for --epoch {epoch}, got {avg}")
     paths = [epoch_checkpoint(exp_dir, e) for e in range(epoch - avg + 1, epoch + 1)]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        have = sorted(
+            int(m.group(1))
+            for p in Path(exp_dir).glob("epoch-*.pt")
+            if (m := re.fullmatch(r"epoch-(\d+)\.pt", p.name))
+        )
+        raise FileNotFoundError(
+            f"No {', '.join(missing)} in {exp_dir} for --epoch {epoch} --avg {avg}; "
+            + (f"it has epochs {', '.join(map(str, have))}" if have else "it has no epoch-N.pt")
+        )
     state, config = average_checkpoints(paths)
     model = Transducer(TransducerConfig.from_dict(config))
     model.load_state_dict(state)

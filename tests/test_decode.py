@@ -323,3 +323,12 @@ def test_write_results(tmp_path):
         f"recogs-{name}",
         f"wer-summary-{name}",
     ], "three files and no temporary ones"
+
+
+def test_missing_epoch_lists_the_epochs_there(offline_exp, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"No epoch-5\.pt in .* it has epochs 1, 2$"):
+        load_model(offline_exp, 5, 1, CPU)
+    with pytest.raises(FileNotFoundError, match="epoch-3.pt, epoch-4.pt .* it has epochs 1, 2"):
+        load_model(offline_exp, 4, 3, CPU)
+    with pytest.raises(FileNotFoundError, match="it has no epoch-N.pt"):
+        load_model(tmp_path, 1, 1, CPU)
