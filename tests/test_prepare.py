@@ -254,3 +254,31 @@ def test_prepare_sh_rejects_unknown_options(tmp_path):
     assert proc.returncode != 0 and "unknown option --no-such-option" in proc.stderr
     proc = run_prepare("--help", cwd=tmp_path)
     assert "--stop-stage" in proc.stdout and "Stage" not in proc.stderr
+
+
+def test_other_sampling_rates_are_resampled_and_stereo_refused(tmp_path, caplog):
+    import numpy as np
+    import soundfile as sf
+    from lhotse import Recording
+
+    from mvq_kd.data.librispeech import BadAudioError
+
+    rng = np.random.default_rng(0)
+    recordings = []
+    for rate in (8000, 44100, 16000):
+        path = tmp_path / f"tone-{rate}.flac"
+        t = np.arange(int(1.5 * rate)) / rate
+        sf.write(path, 0.3 * np.sin(2 * np.pi * 440 * t) + 0.01 * rng.standard_normal(len(t)), rate)
+        recordings.append(Recording.from_file(path))
+    cuts = CutSet.from_cuts(r.to_cut() for r in recordings)
+    with caplog.at_level("INFO"):
+        done = compute_fbank(cuts, tmp_path / "fbank", "mixed", "own", num_jobs=1)
+    assert "mixed: resampling 2 cuts to 16000 Hz (1 at 8000 Hz, 1 at 44100 Hz)" in caplog.text
+    for cut in done:
+        assert cut.sampling_rate == 16000 and cut.num_features == 80
+        assert abs(cut.load_features().shape[0] - 150) <= 1  # 1.5 s of 10 ms frames
+    stereo = tmp_path / "stereo.flac"
+    sf.write(stereo, rng.standard_normal((16000, 2)) * 0.1, 16000)
+    two = CutSet.from_cuts([Recording.from_file(stereo).to_cut()])
+    with pytest.raises(BadAudioError, match=r"Cut '.*' of st has 2 channels .*stereo.flac"):
+        compute_fbank(two, tmp_path / "fbank", "st", "own", num_jobs=1)

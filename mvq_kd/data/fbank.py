@@ -4,14 +4,16 @@ Each part becomes ``<prefix>_cuts_<part>.jsonl.gz`` (the completion marker) plus
 folder ``<prefix>_feats_<part>/`` of ``feats-<shard>.lca`` archives. Shards are
 computed in parallel processes into a temporary folder that is renamed only when
 every shard has finished, so an interrupted stage leaves nothing that looks done.
-A cut whose audio cannot be decoded stops the stage with an error naming the cut and
-its file.
+Audio at another sampling rate is resampled to 16 kHz (logged once per part with the
+count); a cut of several channels is an error (the recipe takes mono audio). A cut whose
+audio cannot be decoded stops the stage with an error naming the cut and its file.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -20,7 +22,7 @@ from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter
 from lhotse.utils import fastcopy
 
 from mvq_kd.data.librispeech import BadAudioError
-from mvq_kd.fields import cuts_path
+from mvq_kd.fields import SAMPLE_RATE, cuts_path
 from mvq_kd.utils import Pathlike, atomic_path
 
 
@@ -41,6 +43,26 @@ def _extract_shard(args: Tuple[CutSet, Path, int]) -> CutSet:
                     f"Cannot compute features of cut '{cut.id}' (audio: {sources}): {e}"
                 ) from e
     return CutSet.from_cuts(out)
+
+
+def to_mono_16k(cuts: CutSet, part: str) -> CutSet:
+    """``cuts`` at 16 kHz (lhotse resamples on load); an error for a multi-channel cut."""
+    for c in cuts:
+        if c.num_channels != 1:
+            sources = ", ".join(s.source for s in c.recording.sources)
+            raise BadAudioError(
+                f"Cut '{c.id}' of {part} has {c.num_channels} channels (audio: {sources}): the "
+                "recipe takes mono audio; downmix it (e.g. sox in.wav -c 1 out.wav) or give "
+                "each supervision its channel"
+            )
+    rates = Counter(c.sampling_rate for c in cuts if c.sampling_rate != SAMPLE_RATE)
+    if not rates:
+        return cuts
+    found = ", ".join(f"{n} at {r} Hz" for r, n in sorted(rates.items()))
+    logging.info(f"{part}: resampling {sum(rates.values())} cuts to {SAMPLE_RATE} Hz ({found})")
+    return CutSet.from_cuts(
+        c if c.sampling_rate == SAMPLE_RATE else c.resample(SAMPLE_RATE) for c in cuts
+    )
 
 
 def compute_fbank(
@@ -72,7 +94,7 @@ def compute_fbank(
     if manifest.is_file():
         logging.info(f"{part}: features exist ({manifest}), skipping")
         return None
-    cuts = cuts.to_eager()
+    cuts = to_mono_16k(cuts.to_eager(), part)
     cuts = CutSet.from_cuts(
         [c for c in cuts] + [c.perturb_speed(f) for f in speed_perturb for c in cuts]
     )
