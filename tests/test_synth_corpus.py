@@ -163,3 +163,21 @@ def test_training_noise_set(tmp_path):
         a, sr = sf.read(p)
         assert sr == 16000 and a.shape == (16000,) and np.abs(a).max() <= 0.31
         assert np.array_equal(a, sf.read(q)[0])
+
+
+def _synthesize_fresh(clock_seed):
+    """In a fresh process whose libespeak-ng RNG starts elsewhere (as the clock would
+    leave it), synthesize one sentence with seed 7."""
+    from mvq_kd.data.espeak import ESpeak, Voice
+
+    tts = ESpeak()
+    tts._lib.espeak_ng_SetRandSeed(clock_seed)
+    return tts.synthesize("the quick brown fox", Voice("en-us", "Alicia", 170, 50, 50), seed=7)
+
+
+def test_espeak_audio_does_not_depend_on_the_clock():
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(1, maxtasksperchild=1) as pool:
+        a, b = pool.map(_synthesize_fresh, [1, 2], chunksize=1)
+    np.testing.assert_array_equal(a, b)

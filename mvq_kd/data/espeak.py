@@ -98,6 +98,7 @@ class ESpeak:
             ctypes.c_void_p,
             ctypes.c_void_p,
         ]
+        self._lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
         self._voice: Optional[str] = None
 
     def _set_voice(self, voice: Voice) -> None:
@@ -113,13 +114,19 @@ class ESpeak:
         ):
             self._lib.espeak_SetParameter(param, value, 0)
 
-    def synthesize(self, text: str, voice: Voice) -> np.ndarray:
+    def synthesize(self, text: str, voice: Voice, seed: int = 0) -> np.ndarray:
         """Synthesize ``text`` with ``voice``.
+
+        Args:
+            seed: seeds libespeak-ng's own random generator (voice flutter, noise
+                sources), which it otherwise seeds from the clock: the same text, voice
+                and seed give the same samples at any time.
 
         Returns:
             int16 samples of shape ``(num_samples,)`` at :attr:`sample_rate` Hz.
         """
         self._set_voice(voice)
+        self._lib.espeak_ng_SetRandSeed(seed % 2**31)
         self._chunks = []
         data = text.encode("utf-8") + b"\0"
         buf = ctypes.create_string_buffer(data)

@@ -265,7 +265,9 @@ def _synthesize_block(jobs: List[Tuple[Path, Utterance]]) -> List[float]:
     tts = ESpeak()
     durations = []
     for path, utt in jobs:
-        audio = render(tts.synthesize(utt.text.lower(), utt.voice), tts.sample_rate, utt)
+        audio = render(
+            tts.synthesize(utt.text.lower(), utt.voice, seed=utt.seed), tts.sample_rate, utt
+        )
         if not path.is_file():
             with atomic_path(path) as tmp:
                 sf.write(str(tmp), audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
