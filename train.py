@@ -26,7 +26,10 @@ Sequence-level KD (train on the teacher's N-best of prepare.sh stage 8):
 """
 
 import argparse
+import logging
+import os
 import sys
+import time
 from pathlib import Path
 
 from mvq_kd.cli import add_config_args, config_from_args, make_parser
@@ -146,7 +149,9 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
-    setup_logging()
+    stamp = time.strftime("%Y-%m-%d-%H-%M-%S")
+    setup_logging(log_file=args.exp_dir / "log" / f"log-train-{stamp}-{os.environ.get('RANK', 0)}")
+    logging.info(f"Training into {args.exp_dir}: loading the BPE model, the data and the model")
     run(build_config(args))
 
 

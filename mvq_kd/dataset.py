@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from torch import Tensor
 from mvq_kd.cli import option
 from mvq_kd.fields import SAMPLE_RATE
 from mvq_kd.model.encoder import FBANK_FRAME_SHIFT, ConformerEncoder
+from mvq_kd.utils import atomic_path
 
 
 class AsrDataset(torch.utils.data.Dataset):
@@ -336,16 +338,32 @@ def make_sampler(
     world_size: int = 1,
     rank: int = 0,
 ) -> DynamicBucketingSampler:
-    return DynamicBucketingSampler(
-        cuts,
-        max_duration=cfg.max_duration,
-        num_buckets=cfg.num_buckets,
-        shuffle=shuffle,
-        drop_last=shuffle,
-        seed=cfg.seed,
-        world_size=world_size,
-        rank=rank,
-    )
+    """Batches of at most ``cfg.max_duration`` seconds from ``cfg.num_buckets`` duration
+    buckets. Every cut is in a batch every epoch: partial batches are kept (with
+    ``drop_last`` a small corpus lost a batch per bucket, and at a ``max_duration`` above a
+    bucket's duration every batch), and with several ranks lhotse splits the last batches so
+    that every rank takes the same number of steps."""
+    try:
+        return DynamicBucketingSampler(
+            cuts,
+            max_duration=cfg.max_duration,
+            num_buckets=cfg.num_buckets,
+            shuffle=shuffle,
+            drop_last=False,
+            seed=cfg.seed,
+            world_size=world_size,
+            rank=rank,
+        )
+    except AssertionError as e:  # lhotse estimates the buckets from the (filtered) cuts
+        found = re.search(r"number of cuts \((\d+)\)", str(e))
+        if not found:
+            raise
+        raise ValueError(
+            f"Only {found.group(1)} cut(s) to batch, fewer than --num-buckets "
+            f"{cfg.num_buckets}: the manifests are (nearly) empty or the filter dropped the "
+            f"cuts (durations outside {cfg.min_duration}-{cfg.max_cut_duration} s, or fewer "
+            "encoder frames than BPE tokens)"
+        ) from None
 
 
 def make_loader(
@@ -391,20 +409,37 @@ class CutFilter:
         self.min_duration, self.max_duration = min_duration, max_duration
         self.frame_shift = frame_shift
         self.num_dropped: Dict[str, int] = {"duration": 0, "too_few_frames": 0}
+        self.dropped: List[str] = []  # "<cut id> <reason>" lines since reset()
+
+    def reset(self) -> None:
+        """Forget the dropped cuts (a new epoch)."""
+        self.num_dropped = {k: 0 for k in self.num_dropped}
+        self.dropped = []
+
+    def write(self, path: Path) -> None:
+        """The dropped cuts, one ``<cut id> <reason>`` line each."""
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(line + "\n" for line in self.dropped))
+
+    def _drop(self, cut, kind: str, why: str) -> bool:
+        self.num_dropped[kind] += 1
+        self.dropped.append(f"{cut.id} {why}")
+        return False
 
     def __call__(self, cut) -> bool:
         if not self.min_duration <= cut.duration <= self.max_duration:
-            self.num_dropped["duration"] += 1
-            return False
+            return self._drop(
+                cut, "duration", f"duration {cut.duration:.2f} s outside "
+                f"{self.min_duration}-{self.max_duration} s",
+            )  # fmt: skip
         text = cut.supervisions[0].text if cut.supervisions else None
         if text:
             num_frames = int(round(cut.duration / self.frame_shift))
             enc_frames = int(ConformerEncoder.output_lengths(torch.tensor([num_frames]))[0])
             num_tokens = len(self.sp.encode(text))
             if enc_frames < num_tokens:
-                logging.debug(f"Dropping {cut.id}: {enc_frames} frames < {num_tokens} tokens")
-                self.num_dropped["too_few_frames"] += 1
-                return False
+                why = f"{enc_frames} encoder frames < {num_tokens} tokens"
+                return self._drop(cut, "too_few_frames", why)
         return True
 
 

@@ -1,4 +1,4 @@
-"""The optimizers of :class:`mvq_kd.trainer.Trainer` (``--optimizer``).
+"""The optimizers of :class:`mvq_kd.trainer.Trainer` (``--optimizer``) and its learning rate.
 
 :class:`ScaledAdam` follows the idea of icefall's ScaledAdam (Zipformer paper, Yao et al.
 2024): the step of each weight tensor is Adam's direction times the tensor's own RMS, so
@@ -27,6 +27,15 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: "OptimConfig") -> torch
     if cfg.optimizer == "scaled_adam":
         return ScaledAdam(params, lr=cfg.base_lr)
     raise ValueError(f"Unknown optimizer {cfg.optimizer!r}: choose adamw or scaled_adam")
+
+
+def eden_lr(cfg: "OptimConfig", step: int, epoch: int) -> float:
+    """Learning rate after ``step`` batches in (0-based) ``epoch``: linear warm-up, then
+    icefall's Eden decay in batches and in epochs."""
+    warm = min(1.0, (step + 1) / cfg.warmup_batches)
+    b = ((step**2 + cfg.lr_batches**2) / cfg.lr_batches**2) ** -0.25
+    e = ((epoch**2 + cfg.lr_epochs**2) / cfg.lr_epochs**2) ** -0.25
+    return cfg.base_lr * warm * b * e
 
 
 class ScaledAdam(torch.optim.Optimizer):

@@ -31,7 +31,7 @@ from mvq_kd.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from mvq_kd.config import OptimConfig, TrainConfig
+from mvq_kd.config import TrainConfig
 from mvq_kd.dataset import (
     AsrDataset,
     CutFilter,
@@ -53,22 +53,14 @@ from mvq_kd.loss import (
     compute_loss,
     frame_kd_targets,
     layerwise_teacher_targets,
-    per_frame,
     unwrap,
 )
-from mvq_kd.model.encoder import ENCODER_FRAME_SHIFT
+from mvq_kd.model.encoder import FBANK_FRAME_SHIFT
 from mvq_kd.model.transducer import Transducer
-from mvq_kd.optim import build_optimizer
+from mvq_kd.optim import build_optimizer, eden_lr
+from mvq_kd.progress import EpochProgress, expected_batches
 from mvq_kd.teacher import Teacher
 from mvq_kd.utils import atomic_path
-
-
-def eden_lr(cfg: OptimConfig, step: int, epoch: int) -> float:
-    """Learning rate after ``step`` batches in (0-based) ``epoch``."""
-    warm = min(1.0, (step + 1) / cfg.warmup_batches)
-    b = ((step**2 + cfg.lr_batches**2) / cfg.lr_batches**2) ** -0.25
-    e = ((epoch**2 + cfg.lr_epochs**2) / cfg.lr_epochs**2) ** -0.25
-    return cfg.base_lr * warm * b * e
 
 
 def seed_everything(seed: int) -> None:
@@ -163,9 +155,13 @@ class Trainer:
     def _build_loaders(self) -> None:
         """This rank's training batches (resumable, seeded per batch) and validation
         batches."""
-        cfg = self.cfg
-        self.cut_filter = CutFilter(self.sp, cfg.data.min_duration, cfg.data.max_cut_duration)
-        self.train_cuts = training_cuts(cfg.data)
+        cfg, d = self.cfg, self.cfg.data
+        self.cut_filter = CutFilter(self.sp, d.min_duration, d.max_cut_duration)
+        self.train_cuts = training_cuts(d)
+        seconds = sum(c.duration for c in load_cuts(d.train_cuts))
+        seconds *= 1 + (d.unlabeled_ratio if d.unlabeled_cuts else 0)
+        self.expected_batches = expected_batches(seconds, d.max_duration, self.world_size)
+        logging.info(f"An epoch: {seconds / 3600:.2f} h, ~{self.expected_batches} batches a rank")
         self.sampler = ResumableSampler(
             make_sampler(
                 self.train_cuts.cuts.filter(self.cut_filter),
@@ -283,10 +279,12 @@ class Trainer:
         self.train_cuts.set_epoch(self.epoch)
         self.sampler.set_epoch(self.epoch)
         self.sampler.skip = self.batch_in_epoch
-        for k in self.cut_filter.num_dropped:
-            self.cut_filter.num_dropped[k] = 0
+        self.cut_filter.reset()
         totals: Dict[str, float] = {}
-        t0, frames_since = time.time(), 0.0
+        progress = EpochProgress(
+            self.epoch, self.expected_batches, self.batch_in_epoch, cfg.log_interval, self.tb,
+            show_bar=self.rank == 0,
+        )  # fmt: skip
         for batch in self.train_loader:
             lr = eden_lr(cfg.optim, self.step, self.epoch - 1)
             for group in self.optimizer.param_groups:
@@ -295,34 +293,32 @@ class Trainer:
             if result is None:
                 continue
             stats, grad_norm = result
+            stats["batches"] = 1.0
+            stats["audio_seconds"] = float(batch["speech_feature_lens"].sum()) * FBANK_FRAME_SHIFT
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + v
-            frames_since += stats["frames"]
-            if self.step % cfg.log_interval == 0:
-                elapsed = time.time() - t0
-                parts = ", ".join(
-                    f"{k.removesuffix('_loss')} {per_frame(stats, k):.4f}"
-                    for k in stats
-                    if k.endswith("_loss")
-                )
-                logging.info(
-                    f"epoch {self.epoch} batch {self.batch_in_epoch} step {self.step}: "
-                    f"loss {stats['loss'] / stats['frames']:.4f} ({parts}) lr {lr:.2e} "
-                    f"grad-norm {grad_norm:.2f} "
-                    f"{frames_since * ENCODER_FRAME_SHIFT / max(elapsed, 1e-9):.1f} s audio/s"
-                )
-                if self.tb is not None:
-                    for k in stats:
-                        if k == "loss" or k.endswith("_loss"):
-                            self.tb.add_scalar(f"train/{k}", per_frame(stats, k), self.step)
-                    self.tb.add_scalar("train/lr", lr, self.step)
-                    self.tb.add_scalar("train/grad_norm", grad_norm, self.step)
-                t0, frames_since = time.time(), 0.0
+            progress.update(self.step, self.batch_in_epoch, stats, lr, grad_norm)
             if cfg.save_every_n > 0 and self.step % cfg.save_every_n == 0:
                 self.save(batch_checkpoint(cfg.exp_dir, self.step))
                 if self.rank == 0:
                     remove_old_checkpoints(cfg.exp_dir, cfg.keep_last_k)
+        progress.close()
         return totals
+
+    def check_trained(self, totals: Dict[str, float]) -> str:
+        """What the epoch trained over all ranks (also :attr:`epoch_audio_seconds`); an
+        epoch without a trained batch is an error."""
+        done = torch.tensor([totals.get("batches", 0.0), totals.get("audio_seconds", 0.0)])
+        batches, seconds = sum_over_ranks(done.to(self.device), self.world_size).tolist()
+        self.epoch_audio_seconds, d = seconds, self.cfg.data
+        if batches == 0:
+            raise RuntimeError(
+                f"Epoch {self.epoch} trained no batch of {[str(p) for p in d.train_cuts]}: "
+                f"non-finite batches {self.num_nonfinite}, dropped cuts "
+                f"{self.cut_filter.num_dropped} (outside {d.min_duration}-{d.max_cut_duration}"
+                f" s or fewer frames than tokens). Check --max-duration ({d.max_duration} s)."
+            )
+        return f"{int(batches)} batches, {seconds / 3600:.2f} h of audio"
 
     @torch.no_grad()
     def validate(self) -> Dict[str, float]:
@@ -353,14 +349,17 @@ class Trainer:
         while self.epoch <= cfg.num_epochs:
             t0 = time.time()
             totals = self.train_one_epoch()
+            trained = self.check_trained(totals)
             valid = self.validate()
             frames = max(totals.get("frames", 0.0), 1.0)
             logging.info(
-                f"Epoch {self.epoch} done in {time.time() - t0:.0f} s: train loss "
+                f"Epoch {self.epoch} done in {time.time() - t0:.0f} s: {trained}, train loss "
                 f"{totals.get('loss', math.nan) / frames:.4f}, valid simple "
                 f"{valid['simple_loss']:.4f} pruned {valid['pruned_loss']:.4f}; dropped cuts "
                 f"{self.cut_filter.num_dropped}, non-finite batches {self.num_nonfinite}"
             )
+            if self.rank == 0 and self.cut_filter.dropped:
+                self.cut_filter.write(cfg.exp_dir / f"dropped-cuts-epoch-{self.epoch}.txt")
             if self.tb is not None:
                 for k, v in valid.items():
                     self.tb.add_scalar(f"valid/{k}", v, self.step)

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, List, Optional, Union
 
 Pathlike = Union[str, os.PathLike]
 
@@ -30,9 +30,15 @@ def atomic_path(path: Pathlike) -> Iterator[Path]:
             tmp.unlink()
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """Configure the root logger as the recipe scripts do (time, level, location)."""
+def setup_logging(verbose: bool = False, log_file: Optional[Path] = None) -> None:
+    """Configure the root logger as the recipe scripts do (time, level, location), also
+    into ``log_file`` (appended; its folder is made) when given."""
+    handlers: List[logging.Handler] = [logging.StreamHandler()]
+    if log_file is not None:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s [%(filename)s:%(lineno)d] %(message)s",
+        handlers=handlers,
     )

@@ -1,12 +1,14 @@
 """train.py / Trainer on real tiny data: DDP, exact resume, filtering, non-finite skip."""
 
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
 from typing import Tuple
 
 import numpy as np
+import pytest
 import sentencepiece as spm
 import torch
 import torch.distributed as dist
@@ -105,23 +107,24 @@ def _ddp_worker(rank: int, world_size: int, port: int, cfg: TrainConfig, out: Pa
         trainer.train()
         first = [c.id for c in next(iter(trainer.train_loader))["cuts"]]
         torch.save(
-            {"params": trainer.model.module.state_dict(), "step": trainer.step, "first": first},
+            {"params": trainer.model.module.state_dict(), "step": trainer.step, "first": first,
+             "audio": trainer.epoch_audio_seconds},
             out / f"rank{rank}.pt",
-        )
+        )  # fmt: skip
     finally:
         dist.destroy_process_group()
 
 
-def run_ddp(cfg: TrainConfig, out: Path) -> Tuple[dict, dict]:
+def run_ddp(cfg: TrainConfig, out: Path, min_steps: int = 2) -> Tuple[dict, dict]:
     """Train ``cfg`` in two gloo processes; both ranks' results (see :func:`_ddp_worker`),
-    checked to have taken the same number (>= 2) of steps."""
+    checked to have taken the same number (>= min_steps) of steps."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.spawn(_ddp_worker, args=(2, port, cfg, out), nprocs=2, join=True)
     r0 = torch.load(out / "rank0.pt", weights_only=False)
     r1 = torch.load(out / "rank1.pt", weights_only=False)
-    assert r0["step"] == r1["step"] >= 2
+    assert r0["step"] == r1["step"] >= min_steps
     return r0, r1
 
 
@@ -150,6 +153,10 @@ def test_cut_filter_drops_and_counts(tiny_data):
     short = cut.truncate(duration=0.3)
     assert not filt(short)
     assert filt.num_dropped == {"duration": 1, "too_few_frames": 1}
+    assert filt.dropped[0].startswith(f"{cut.id} ") and "tokens" in filt.dropped[0]
+    assert filt.dropped[1] == f"{short.id} duration 0.30 s outside 0.5-20.0 s"
+    filt.reset()
+    assert filt.num_dropped == {"duration": 0, "too_few_frames": 0} and filt.dropped == []
 
 
 def test_nonfinite_batches_are_skipped_and_counted(tiny_data, tmp_path, caplog):
@@ -250,6 +257,12 @@ def test_torchrun_cli_two_processes(tiny_data, tmp_path):
     assert "(world size 2)" in proc.stderr
     summary = (tmp_path / "exp" / "train-summary.json").read_text()
     assert '"world_size": 2' in summary
+    # one log file per rank in <exp-dir>/log/, from the first line on, as icefall writes
+    logs = sorted((tmp_path / "exp" / "log").glob("log-train-*"))
+    assert [p.name[-2:] for p in logs] == ["-0", "-1"]
+    text = logs[0].read_text()
+    assert "Training into" in text.splitlines()[0]  # before anything slow
+    assert "Epoch 1 done" in text and "batches," in text
 
 
 def test_feature_stats_set_on_fresh_start_and_kept_on_resume(tiny_data, tmp_path):
@@ -298,3 +311,54 @@ def test_unlabeled_cuts_are_reshuffled_every_epoch(tiny_data):
     assert epoch_ids(3) == firsts[2]  # a resumed epoch sees the same cuts
     assert len({tuple(ids) for ids in firsts}) > 1
     assert len(set().union(*firsts)) > max(len(set(ids)) for ids in firsts)
+
+
+def _filtered_seconds(cfg: TrainConfig) -> float:
+    """The speech the training cuts that pass the filter hold (fbank frames x 10 ms)."""
+    sp = spm.SentencePieceProcessor(model_file=str(cfg.bpe_model))
+    keep = CutFilter(sp, cfg.data.min_duration, cfg.data.max_cut_duration)
+    return sum(c.num_frames * 0.01 for c in load_cuts(cfg.data.train_cuts) if keep(c))
+
+
+def test_every_cut_trains_every_epoch(tiny_data, tmp_path):
+    """A --max-duration above any bucket's duration: with drop_last every batch of the epoch
+    was partial and dropped (the epoch trained nothing); now the audio trained is exactly
+    the filtered cuts', in one process and in two DDP processes that stay in step."""
+    big = {"max_duration": 1000.0, "spec_augment": False}
+    cfg = tiny_config(tiny_data, tmp_path / "one", data=big)
+    expected = _filtered_seconds(cfg)
+    trainer = Trainer(cfg)
+    trainer.train()
+    assert trainer.step == cfg.data.num_buckets  # one (partial) batch per bucket
+    assert trainer.epoch_audio_seconds == pytest.approx(expected, abs=1e-3)
+    r0, r1 = run_ddp(tiny_config(tiny_data, tmp_path / "ddp", data=big), tmp_path, min_steps=1)
+    assert r0["audio"] == r1["audio"] == pytest.approx(expected, abs=1e-3)
+
+
+def test_an_epoch_without_batches_is_an_error(tiny_data, tmp_path, monkeypatch):
+    message = r"Epoch 1 trained no batch .*--max-duration \(8.0 s\)"
+    # every cut filtered out (lhotse's sampler cannot even bucket them)
+    cfg = tiny_config(tiny_data, tmp_path / "a", data={"max_cut_duration": 0.6})
+    with pytest.raises(ValueError, match=r"Only 0 cut\(s\) to batch.* outside 0.5-0.6 s"):
+        Trainer(cfg)
+    # every batch with a non-finite loss
+    trainer = Trainer(tiny_config(tiny_data, tmp_path / "b"))
+    monkeypatch.setattr(trainer, "train_step", lambda batch: None)
+    with pytest.raises(RuntimeError, match=message):
+        trainer.train()
+    assert not (tmp_path / "b" / "epoch-1.pt").exists()
+
+
+def test_training_names_dropped_cuts_and_shows_progress(tiny_data, tmp_path, caplog, capsys):
+    cuts = load_manifest(tiny_data["fbank"] / "synth_cuts_train.jsonl.gz")
+    limit = float(np.median([c.duration for c in cuts]))
+    too_long = sorted(c.id for c in cuts if c.duration > limit)
+    cfg = tiny_config(tiny_data, tmp_path / "exp", data={"max_cut_duration": limit})
+    with caplog.at_level("INFO"):
+        Trainer(cfg).train()
+    lines = (tmp_path / "exp" / "dropped-cuts-epoch-1.txt").read_text().splitlines()
+    assert sorted(line.split()[0] for line in lines) == too_long
+    assert all(f"s outside 0.5-{limit}" in line for line in lines)
+    assert "An epoch: " in caplog.text and "batches a rank" in caplog.text
+    assert re.search(r"epoch 1 batch 1/~\d+ step 1: loss", caplog.text)
+    assert "epoch 1:" in capsys.readouterr().err  # the bar (tqdm, on stderr)
