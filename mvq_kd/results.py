@@ -350,7 +350,8 @@ def render(
     for name in recipe_names:
         group = [r for r in current if r.name == name]
         if not group:
-            lines.append([f"`{name}`", "no row of the current recipe (see Other runs)", "", "",
+            where = "see Other runs" if any(r.name == name for r in other) else "not trained yet"
+            lines.append([f"`{name}`", f"no row of the current recipe ({where})", "", "",
                           "", "", "", "0", ""])  # fmt: skip
             continue
         first = group[0]

@@ -125,12 +125,12 @@ def test_synth_path_with_unlabeled_split(corpus_copy, tmp_path, monkeypatch):
     proc = run_prepare(
         "--dl-dir", str(dl), "--vocab-size", "60", "--synth-noise-files", "3", cwd=tmp_path
     )  # fmt: skip
-    assert proc.stderr.count("already synthesized") == 5
+    assert proc.stderr.count("already synthesized") == 6
     data = tmp_path / "data" / "synth"
     noise = load_manifest(data / "fbank" / "noise_cuts_all.jsonl.gz")
     assert len(noise) == 3 and noise[0].duration == 10.0
     assert noise[0].load_features().shape == (1000, 80)
-    for part in ("train", "dev", "test-clean", "test-other", "train-unlabeled"):
+    for part in ("train", "dev", "test-clean", "test-other", "train-unlabeled", "train-teacher"):
         cuts = load_manifest(data / "fbank" / f"synth_cuts_{part}.jsonl.gz")
         assert cuts[0].load_features().shape[1] == 80
     unlabeled = load_manifest(data / "fbank" / "synth_cuts_train-unlabeled.jsonl.gz")

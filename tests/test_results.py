@@ -152,7 +152,7 @@ def test_render_means_spreads_and_family_tables():
         headline
     )
     assert "| `teacher` | baseline | no | 1.89 | - | 40.00 | 70.00 | 1 | 13 |" in headline
-    assert "| `never` | no row of the current recipe" in headline
+    assert "| `never` | no row of the current recipe (not trained yet)" in headline
     assert "s-probe" not in headline
     families = re.findall(r"^## (.*)$", text, re.M)
     assert families == ["Current recipe", "Baselines (no distillation)", "MVQ-KD", "Other runs"]
@@ -166,7 +166,9 @@ def test_committed_results_are_valid_and_rendered():
     path = SYNTH / "results.csv"
     assert path.read_text().splitlines()[0] == ",".join(COLUMNS)
     rows = read_rows(path)  # every cell parses and every row checks (Row.__post_init__)
-    assert len(rows) >= 70
+    assert len(rows) >= 3
+    # The rows of the first corpus (Markov text, until 2026-12-04), kept for NOTES.md
+    assert len(read_rows(SYNTH / "results-corpus-v1.csv")) == 70
     recipe = Recipe.load(SYNTH / "experiments.yaml")
     for r in rows:
         assert r.role in ROLES and r.family in FAMILIES
