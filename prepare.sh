@@ -3,11 +3,13 @@
 #
 #   ./prepare.sh                                  # embedded synthetic corpus, all stages
 #   ./prepare.sh --corpus librispeech --dl-dir /data/download
+#   ./prepare.sh --corpus librispeech --parts "dev-clean test-clean"   # only these parts
 #   ./prepare.sh --stage 2 --stop-stage 3         # only some stages
 #
 # Stages (each logs what it does and skips work that is already finished):
-#   0  corpus: synthesize the embedded corpus (synth) or download LibriSpeech
-#      (skipped for parts already in --dl-dir)
+#   0  corpus: synthesize the embedded corpus (synth) or download LibriSpeech parts
+#      missing from --dl-dir (never one that is present; a failed download leaves no file
+#      and says what to fetch and where to put it)
 #   1  lhotse manifests (validated: bad audio and empty transcripts are reported)
 #   2  80-dim fbank features (LilcomChunkyWriter), optional speed perturbation
 #   3  noise for training-time mixing: MUSAN manifests + fbank (librispeech, only with
@@ -43,6 +45,10 @@ skip_bad_audio=false    # skip (and count) unreadable audio instead of stopping
 full_libri=false        # librispeech: add train-clean-360 and train-other-500
 unlabeled_libri=        # librispeech: parts prepared without transcripts, for KD on unlabeled
                         # audio (e.g. "train-clean-360 train-other-500" with --full-libri false)
+parts=                  # prepare only these parts (default: all the recipe's parts), e.g.
+                        # "dev-clean test-clean"; a part not among the recipe's is a training
+                        # part when its name starts with "train", else an evaluation part
+librispeech_url=https://www.openslr.org/resources/12  # archives of missing parts (or a mirror)
 # synth corpus size and seed
 synth_train_hours=2     # hours of labeled training audio
 synth_unlabeled_hours=2 # hours of unlabeled training audio
@@ -66,7 +72,7 @@ nbest_input_dir=        # cuts to decode (default: <data-dir>/fbank)
 nbest_dir=              # default: <data-dir>/nbest
 
 options="corpus stage stop_stage dl_dir data_dir nj vocab_size speed_perturb musan skip_bad_audio
- full_libri unlabeled_libri synth_train_hours synth_unlabeled_hours synth_teacher_hours synth_seed synth_noise_files teacher_kind teacher_model
+ full_libri unlabeled_libri parts librispeech_url synth_train_hours synth_unlabeled_hours synth_teacher_hours synth_seed synth_noise_files teacher_kind teacher_model
  teacher_layer teacher_epoch teacher_avg num_codebooks mvq_num_cuts store_embeddings mvq_dir
  nbest_beam nbest nbest_input_dir nbest_dir"
 
@@ -107,7 +113,17 @@ case "$corpus" in
     done ;;
   *) echo "$0: --corpus must be synth or librispeech, not '$corpus'" >&2; exit 1 ;;
 esac
-all_parts="$train_parts $eval_parts $unlabeled_parts $teacher_parts"
+if [ -n "$parts" ]; then  # keep the recipe's parts named in --parts, add the others
+  keep() { local out="" p; for p in $1; do case " $parts " in *" $p "*) out="$out $p" ;; esac; done; echo $out; }
+  recipe_parts=" $train_parts $eval_parts $unlabeled_parts $teacher_parts "
+  train_parts=$(keep "$train_parts"); eval_parts=$(keep "$eval_parts")
+  unlabeled_parts=$(keep "$unlabeled_parts"); teacher_parts=$(keep "$teacher_parts")
+  for p in $parts; do
+    case "$recipe_parts" in *" $p "*) continue ;; esac
+    case "$p" in train*) train_parts="$train_parts $p" ;; *) eval_parts="$eval_parts $p" ;; esac
+  done
+fi
+all_parts=$(echo $train_parts $eval_parts $unlabeled_parts $teacher_parts)
 sp_factors=""; [ "$speed_perturb" = true ] && sp_factors="0.9 1.1"
 skip_flag=""; [ "$skip_bad_audio" = true ] && skip_flag="--skip-bad-audio"
 
@@ -122,10 +138,14 @@ if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
       --seed "$synth_seed" --num-jobs "$nj"
   else
     log "Stage 0: LibriSpeech parts in $corpus_dir (downloading missing ones)"
+    missing=""
     for part in $all_parts; do
-      if [ -d "$corpus_dir/$part" ]; then log "  $part: present, skipping"; continue; fi
-      $python -c "from lhotse.recipes import download_librispeech as d; d('$dl_dir', dataset_parts='$part')"
+      if [ -d "$corpus_dir/$part" ]; then log "  $part: present, skipping"; else missing="$missing $part"; fi
     done
+    if [ -n "$missing" ]; then
+      $python "$here/local/download_librispeech.py" --dl-dir "$dl_dir" --parts $missing \
+        --base-url "$librispeech_url"
+    fi
   fi
 fi
 
@@ -137,10 +157,15 @@ fi
 
 if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
   log "Stage 2: fbank features -> $fbank"
-  $python "$here/local/compute_fbank.py" --manifest-dir "$manifests" --output-dir "$fbank" \
-    --prefix $prefix --parts $train_parts --speed-perturb $sp_factors --num-jobs "$nj"
-  $python "$here/local/compute_fbank.py" --manifest-dir "$manifests" --output-dir "$fbank" \
-    --prefix $prefix --parts $eval_parts $unlabeled_parts $teacher_parts --num-jobs "$nj"
+  if [ -n "$train_parts" ]; then
+    $python "$here/local/compute_fbank.py" --manifest-dir "$manifests" --output-dir "$fbank" \
+      --prefix $prefix --parts $train_parts --speed-perturb $sp_factors --num-jobs "$nj"
+  fi
+  other_parts=$(echo $eval_parts $unlabeled_parts $teacher_parts)
+  if [ -n "$other_parts" ]; then
+    $python "$here/local/compute_fbank.py" --manifest-dir "$manifests" --output-dir "$fbank" \
+      --prefix $prefix --parts $other_parts --num-jobs "$nj"
+  fi
 fi
 
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
@@ -158,11 +183,15 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
 fi
 
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
-  log "Stage 4: BPE model (vocab $vocab_size) -> $lang_dir"
-  sups=""
-  for part in $train_parts; do sups="$sups $manifests/${prefix}_supervisions_${part}.jsonl.gz"; done
-  $python "$here/local/train_bpe.py" --supervisions $sups --lang-dir "$lang_dir" \
-    --vocab-size "$vocab_size"
+  if [ -z "$train_parts" ]; then
+    log "Stage 4: no training part among the prepared parts, no BPE model to train, skipping"
+  else
+    log "Stage 4: BPE model (vocab $vocab_size) -> $lang_dir"
+    sups=""
+    for part in $train_parts; do sups="$sups $manifests/${prefix}_supervisions_${part}.jsonl.gz"; done
+    $python "$here/local/train_bpe.py" --supervisions $sups --lang-dir "$lang_dir" \
+      --vocab-size "$vocab_size"
+  fi
 fi
 
 if [ $stop_stage -ge 5 ] && [ $stage -le 7 ]; then

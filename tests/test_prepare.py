@@ -282,3 +282,54 @@ def test_other_sampling_rates_are_resampled_and_stereo_refused(tmp_path, caplog)
     two = CutSet.from_cuts([Recording.from_file(stereo).to_cut()])
     with pytest.raises(BadAudioError, match=r"Cut '.*' of st has 2 channels .*stereo.flac"):
         compute_fbank(two, tmp_path / "fbank", "st", "own", num_jobs=1)
+
+
+def test_librispeech_chosen_parts_prepare_offline(libri_tree, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    dl = libri_tree.parent
+    for part in ("train-clean-100", "dev-other", "test-other"):
+        shutil.rmtree(libri_tree / part)
+    proc = run_prepare(
+        "--corpus", "librispeech", "--dl-dir", str(dl), "--vocab-size", "60",
+        "--parts", "dev-clean test-clean", "--librispeech-url", "http://127.0.0.1:9",
+        cwd=tmp_path,
+    )  # fmt: skip
+    fbank = tmp_path / "data" / "librispeech" / "fbank"
+    assert sorted(p.name for p in fbank.glob("*_cuts_*")) == [
+        "librispeech_cuts_dev-clean.jsonl.gz",
+        "librispeech_cuts_test-clean.jsonl.gz",
+    ]
+    assert "no training part among the prepared parts" in proc.stdout
+    assert not list(dl.glob("*.tar.gz*"))
+
+
+def test_failed_download_leaves_nothing_and_says_what_to_fetch(libri_tree, tmp_path):
+    dl = libri_tree.parent
+    shutil.rmtree(libri_tree / "dev-other")
+    proc = run_prepare(
+        "--corpus", "librispeech", "--dl-dir", str(dl), "--stop-stage", "0",
+        "--parts", "dev-clean dev-other", "--librispeech-url", "http://127.0.0.1:9",
+        cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    error = [line for line in proc.stderr.splitlines() if "failed" in line]
+    assert len(error) == 1 and "http://127.0.0.1:9/dev-other.tar.gz" in error[0]
+    assert f"{libri_tree / 'dev-other'}/ exists" in error[0]
+    assert sorted(p.name for p in dl.iterdir()) == ["LibriSpeech"]
+
+
+def test_download_is_atomic_and_extracts_the_part(libri_tree, tmp_path):
+    import tarfile
+
+    from mvq_kd.data.download import download_librispeech_part
+
+    server = tmp_path / "server"
+    server.mkdir()
+    with tarfile.open(server / "dev-clean.tar.gz", "w:gz") as tar:
+        tar.add(libri_tree / "dev-clean", arcname="LibriSpeech/dev-clean")
+    dl = tmp_path / "dl"
+    part_dir = download_librispeech_part(dl, "dev-clean", f"file://{server}")
+    assert part_dir == dl / "LibriSpeech" / "dev-clean"
+    assert sorted(p.name for p in dl.iterdir()) == ["LibriSpeech", "dev-clean.tar.gz"]
+    assert len(list(part_dir.rglob("*.flac"))) == len(list((libri_tree / "dev-clean").rglob("*.flac")))
