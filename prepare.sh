@@ -42,6 +42,8 @@ vocab_size=500          # BPE vocabulary size
 speed_perturb=false     # add 0.9x and 1.1x copies of the training parts
 musan=false             # prepare MUSAN for noise mixing (librispeech recipes)
 skip_bad_audio=false    # skip (and count) unreadable audio instead of stopping
+text_norm=upper         # transcripts: upper (upper case, punctuation removed; the original
+                        # is kept in the supervision's custom orig_text) | none (as is)
 full_libri=false        # librispeech: add train-clean-360 and train-other-500
 unlabeled_libri=        # librispeech: parts prepared without transcripts, for KD on unlabeled
                         # audio (e.g. "train-clean-360 train-other-500" with --full-libri false)
@@ -71,7 +73,7 @@ nbest=4                 # hypotheses kept per cut (<= nbest_beam)
 nbest_input_dir=        # cuts to decode (default: <data-dir>/fbank)
 nbest_dir=              # default: <data-dir>/nbest
 
-options="corpus stage stop_stage dl_dir data_dir nj vocab_size speed_perturb musan skip_bad_audio
+options="corpus stage stop_stage dl_dir data_dir nj vocab_size speed_perturb musan skip_bad_audio text_norm
  full_libri unlabeled_libri parts librispeech_url synth_train_hours synth_unlabeled_hours synth_teacher_hours synth_seed synth_noise_files teacher_kind teacher_model
  teacher_layer teacher_epoch teacher_avg num_codebooks mvq_num_cuts store_embeddings mvq_dir
  nbest_beam nbest nbest_input_dir nbest_dir"
@@ -152,7 +154,8 @@ fi
 if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
   log "Stage 1: manifests -> $manifests"
   $python "$here/local/prepare_manifests.py" --corpus-dir "$corpus_dir" --output-dir "$manifests" \
-    --parts $all_parts --prefix $prefix --unlabeled-parts $unlabeled_parts $skip_flag
+    --parts $all_parts --prefix $prefix --unlabeled-parts $unlabeled_parts $skip_flag \
+    --text-norm "$text_norm"
 fi
 
 if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then

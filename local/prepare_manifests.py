@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mvq_kd.cli import make_parser  # noqa: E402
 from mvq_kd.data.librispeech import prepare_librispeech_manifests  # noqa: E402
+from mvq_kd.data.text import TEXT_NORMS  # noqa: E402
 from mvq_kd.utils import setup_logging  # noqa: E402
 
 
@@ -29,6 +30,12 @@ def get_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--skip-bad-audio", action="store_true", help="skip and count bad files")
     p.add_argument("--num-jobs", type=int, default=4, help="threads reading audio headers")
+    p.add_argument(
+        "--text-norm",
+        default="upper",
+        choices=TEXT_NORMS,
+        help="upper: upper case, punctuation removed (icefall's LibriSpeech); none: as is",
+    )
     return p
 
 
@@ -43,6 +50,7 @@ def main(argv=None) -> None:
         unlabeled_parts=args.unlabeled_parts,
         on_bad_audio="skip" if args.skip_bad_audio else "error",
         num_jobs=args.num_jobs,
+        text_norm=args.text_norm,
     )
 
 

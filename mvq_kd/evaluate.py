@@ -12,6 +12,7 @@ import torch
 from lhotse import CutSet
 
 from mvq_kd.cli import option
+from mvq_kd.data.text import TEXT_NORMS, normalize_text
 from mvq_kd.dataset import AsrDataset, make_loader
 from mvq_kd.decoding import greedy_search_batch, modified_beam_search, streaming_greedy_search
 from mvq_kd.model.transducer import Transducer
@@ -65,6 +66,8 @@ class DecodeOptions:
             context in encoder frames (None: the model's defaults; -1: full context).
         streaming: ``simulated`` (masked full-utterance forward) or ``chunked`` (true
             chunk-by-chunk encoding with cached state; greedy search only).
+        text_norm: normalisation of references and hypotheses before scoring
+            (:func:`mvq_kd.data.text.normalize_text`; the manifests' text went through it).
     """
 
     method: str = option(
@@ -85,6 +88,11 @@ class DecodeOptions:
         "causal models: simulated (masked full-utterance forward) or chunked (chunk by chunk "
         "with cached state; greedy search only)",
         choices=("simulated", "chunked"),
+    )
+    text_norm: str = option(
+        "upper",
+        "references and hypotheses scored after it: upper (upper case, no punctuation) or none",
+        choices=TEXT_NORMS,
     )
 
     def __post_init__(self) -> None:
@@ -131,7 +139,8 @@ def decode_cuts(
             else:
                 hyps = modified_beam_search(model, enc.out, enc.out_lens, beam=opts.beam)
         for cut, text, hyp in zip(batch["cuts"], batch["texts"], hyps):
-            results.append((cut.id, (text or "").split(), sp.decode(hyp).split()))
+            ref = normalize_text(text or "", opts.text_norm).split()
+            results.append((cut.id, ref, normalize_text(sp.decode(hyp), opts.text_norm).split()))
     return sorted(results)
 
 

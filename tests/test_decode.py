@@ -13,6 +13,7 @@ input and on the attention context; the tests assert both before relying on them
 import ast
 import copy
 import dataclasses
+import shutil
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -332,3 +333,32 @@ def test_missing_epoch_lists_the_epochs_there(offline_exp, tmp_path):
         load_model(offline_exp, 4, 3, CPU)
     with pytest.raises(FileNotFoundError, match="it has no epoch-N.pt"):
         load_model(tmp_path, 1, 1, CPU)
+
+
+def test_scoring_normalises_references_and_hypotheses(offline_exp, tiny_data, tmp_path):
+    """References written in lower case with punctuation score like the upper-case ones."""
+    cuts = load_manifest(tiny_data["fbank"] / "synth_cuts_test-clean.jsonl.gz")
+    refs = {c.id: c.supervisions[0].text.split() for c in cuts}
+
+    def messy(cut):
+        words = cut.supervisions[0].text.lower().split()
+        cut.supervisions[0].text = f'"{words[0].capitalize()}, ' + " ".join(words[1:]) + '."'
+        return cut
+
+    cuts.map(messy).to_file(tmp_path / "synth_cuts_test-clean.jsonl.gz")
+    exp = tmp_path / "exp"
+    shutil.copytree(offline_exp, exp)
+    for norm in ("upper", "none"):
+        decode.main(
+            [
+                "--exp-dir", str(exp), "--epoch", "2", "--avg", "1",
+                "--manifest-dir", str(tmp_path), "--bpe-model", str(tiny_data["bpe_model"]),
+                "--test-parts", "test-clean", "--device", "cpu", "--text-norm", norm,
+            ]
+        )  # fmt: skip
+        recogs = read_recogs(exp / "greedy_search" / "recogs-test-clean-epoch-2-avg-1.txt")
+        scored = {c: r for c, (r, _) in recogs.items()}
+        if norm == "upper":
+            assert scored == refs
+        else:
+            assert all(r[-1].endswith('."') for r in scored.values())

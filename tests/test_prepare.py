@@ -333,3 +333,32 @@ def test_download_is_atomic_and_extracts_the_part(libri_tree, tmp_path):
     assert part_dir == dl / "LibriSpeech" / "dev-clean"
     assert sorted(p.name for p in dl.iterdir()) == ["LibriSpeech", "dev-clean.tar.gz"]
     assert len(list(part_dir.rglob("*.flac"))) == len(list((libri_tree / "dev-clean").rglob("*.flac")))
+
+
+def test_transcripts_are_normalised_for_bpe_and_kept_as_written(libri_tree, tmp_path):
+    from mvq_kd.data.bpe import train_bpe
+
+    part = libri_tree / "train-clean-100"
+    written = {}
+    for trans in part.rglob("*.trans.txt"):
+        lines = []
+        for line in trans.read_text().splitlines():
+            utt_id, text = line.split(" ", 1)
+            words = text.lower().split()
+            written[utt_id] = f'"{words[0].capitalize()}," ' + " ".join(words[1:]) + ". [$5]"
+            lines.append(f"{utt_id} {written[utt_id]}")
+        trans.write_text("\n".join(lines) + "\n")
+    out = prepare_librispeech_manifests(libri_tree, ["train-clean-100"], tmp_path / "m")
+    sups = out["train-clean-100"][1]
+    for sup in sups:
+        assert sup.custom["orig_text"] == written[sup.id]
+        assert sup.text == sup.text.upper() and sup.text.endswith(" 5")
+        assert not set(sup.text) & set('.,"[]$')
+    bpe = train_bpe([s.text for s in sups], tmp_path / "lang", vocab_size=60)
+    pieces = (bpe.parent / "tokens.txt").read_text().split()[0::2]
+    assert not [p for p in pieces if set(p) & set('.,"[]$')], pieces
+
+    as_is = prepare_librispeech_manifests(
+        libri_tree, ["train-clean-100"], tmp_path / "m2", text_norm="none"
+    )["train-clean-100"][1]
+    assert {s.id: s.text for s in as_is} == written

@@ -8,6 +8,8 @@ lacks for a recipe:
   ``on_bad_audio="skip"``, is skipped, counted, logged and listed in
   ``<prefix>_bad_audio_<part>.txt``;
 * an empty transcript is rejected with its cut id, file and line;
+* transcripts are normalised (:func:`mvq_kd.data.text.normalize_text`; the original is
+  kept in the supervision's ``custom["orig_text"]`` when it differs);
 * parts named in ``unlabeled_parts`` get supervisions without text, so no later
   stage can train on their transcripts by mistake;
 * outputs are written atomically and finished parts are skipped.
@@ -25,6 +27,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from lhotse import Recording, RecordingSet, SupervisionSegment, SupervisionSet
 from lhotse.qa import fix_manifests, validate_recordings_and_supervisions
 
+from mvq_kd.data.text import normalize_text
 from mvq_kd.utils import Pathlike, atomic_path
 
 
@@ -39,7 +42,8 @@ class EmptyTranscriptError(ValueError):
 @dataclass(frozen=True)
 class _Line:
     utt_id: str
-    text: str
+    text: str  # normalised
+    orig_text: str  # as written
     audio: Path
     source: str  # "file:line" of the transcript, for error messages
 
@@ -52,21 +56,23 @@ def manifest_paths(output_dir: Path, prefix: str, part: str) -> Tuple[Path, Path
     )
 
 
-def _read_transcripts(part_dir: Path, labeled: bool) -> List[_Line]:
+def _read_transcripts(part_dir: Path, labeled: bool, text_norm: str = "upper") -> List[_Line]:
     lines = []
     for trans in sorted(part_dir.rglob("*.trans.txt")):
         for lineno, raw in enumerate(trans.read_text().splitlines(), start=1):
             if not raw.strip():
                 continue
-            utt_id, _, text = raw.strip().partition(" ")
-            text = text.strip()
+            utt_id, _, orig = raw.strip().partition(" ")
+            orig = orig.strip()
+            text = normalize_text(orig, text_norm)
             if labeled and not text:
+                what = f"'{orig}' normalises to nothing" if orig else "Empty transcript"
                 raise EmptyTranscriptError(
-                    f"Empty transcript for cut '{utt_id}' at {trans}:{lineno}. "
+                    f"{what} for cut '{utt_id}' at {trans}:{lineno}. "
                     "Add the text or remove the line (or list the part as unlabeled)."
                 )
             audio = trans.parent / f"{utt_id}.flac"
-            lines.append(_Line(utt_id, text, audio, f"{trans}:{lineno}"))
+            lines.append(_Line(utt_id, text, orig, audio, f"{trans}:{lineno}"))
     return lines
 
 
@@ -94,15 +100,18 @@ def prepare_part(
     labeled: bool = True,
     on_bad_audio: str = "error",
     num_jobs: int = 1,
+    text_norm: str = "upper",
 ) -> Tuple[RecordingSet, SupervisionSet, List[str]]:
     """Build the manifests of one LibriSpeech-layout part folder.
+
+    ``text_norm`` is the transcript normalisation (``upper`` or ``none``).
 
     Returns:
         recordings, supervisions, and the error messages of skipped files.
     """
     if on_bad_audio not in ("error", "skip"):
         raise ValueError(f"on_bad_audio must be 'error' or 'skip', not {on_bad_audio!r}")
-    lines = _read_transcripts(part_dir, labeled)
+    lines = _read_transcripts(part_dir, labeled, text_norm)
     if not lines:
         raise ValueError(f"No '*.trans.txt' transcripts found under {part_dir}")
     recordings, supervisions, skipped = [], [], []
@@ -128,6 +137,11 @@ def prepare_part(
                     language="English",
                     speaker=re.sub(r"-.*", "", line.utt_id),
                     text=line.text if labeled else None,
+                    custom=(
+                        {"orig_text": line.orig_text}
+                        if labeled and line.orig_text != line.text
+                        else None
+                    ),
                 )
             )
     recording_set, supervision_set = fix_manifests(
@@ -145,6 +159,7 @@ def prepare_librispeech_manifests(
     unlabeled_parts: Iterable[str] = (),
     on_bad_audio: str = "error",
     num_jobs: int = 1,
+    text_norm: str = "upper",
 ) -> Dict[str, Tuple[RecordingSet, SupervisionSet]]:
     """Write ``<prefix>_{recordings,supervisions}_<part>.jsonl.gz`` for each part.
 
@@ -156,6 +171,7 @@ def prepare_librispeech_manifests(
         unlabeled_parts: parts whose supervisions get no text.
         on_bad_audio: ``"error"`` (default) or ``"skip"`` (count, log and list).
         num_jobs: threads that read audio headers.
+        text_norm: transcript normalisation, ``upper`` (default) or ``none``.
     Returns:
         part -> (recordings, supervisions) for the parts prepared in this call.
     """
@@ -172,7 +188,11 @@ def prepare_librispeech_manifests(
             raise FileNotFoundError(f"No such part folder: {part_dir}")
         logging.info(f"{part}: preparing manifests from {part_dir}")
         recs, sups, skipped = prepare_part(
-            part_dir, labeled=part not in unlabeled, on_bad_audio=on_bad_audio, num_jobs=num_jobs
+            part_dir,
+            labeled=part not in unlabeled,
+            on_bad_audio=on_bad_audio,
+            num_jobs=num_jobs,
+            text_norm=text_norm,
         )
         bad_list = output_dir / f"{prefix}_bad_audio_{part}.txt"
         if skipped:
