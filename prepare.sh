@@ -4,6 +4,8 @@
 #   ./prepare.sh                                  # embedded synthetic corpus, all stages
 #   ./prepare.sh --corpus librispeech --dl-dir /data/download
 #   ./prepare.sh --corpus librispeech --parts "dev-clean test-clean"   # only these parts
+#   ./prepare.sh --corpus lhotse --src-manifest-dir my/manifests --prefix my \
+#     --train-parts train --dev-parts dev --test-parts test      # your own corpus
 #   ./prepare.sh --stage 2 --stop-stage 3         # only some stages
 #
 # Stages (each logs what it does and skips work that is already finished):
@@ -28,11 +30,11 @@
 #      -> <data-dir>/nbest/<prefix>_cuts_<part>.jsonl.gz (beside the transcripts, which
 #      stay as they are; sharded and resumable)
 #
-# Outputs go to --data-dir (default data/<corpus>): manifests/, fbank/, lang_bpe_<N>/, mvq/,
+# Outputs go to --data-dir (default data/<prefix>: data/synth, data/librispeech): manifests/, fbank/, lang_bpe_<N>/, mvq/,
 # nbest/.
 set -euo pipefail
 
-corpus=synth            # synth | librispeech
+corpus=synth            # synth | librispeech | lhotse (the lhotse manifests of any corpus)
 stage=0                 # first stage to run
 stop_stage=4            # last stage to run (5-7: MVQ, need a teacher)
 dl_dir=download         # where corpora are (or will be) downloaded
@@ -51,6 +53,12 @@ parts=                  # prepare only these parts (default: all the recipe's pa
                         # "dev-clean test-clean"; a part not among the recipe's is a training
                         # part when its name starts with "train", else an evaluation part
 librispeech_url=https://www.openslr.org/resources/12  # archives of missing parts (or a mirror)
+# --corpus lhotse: your own corpus as lhotse manifests
+src_manifest_dir=       # folder of <prefix>_{recordings,supervisions}_<part>.jsonl.gz
+prefix=                 # their name prefix (synth and librispeech: the corpus name)
+train_parts=            # e.g. "train"
+dev_parts=              # e.g. "dev" (validation)
+test_parts=             # e.g. "test"
 # synth corpus size and seed
 synth_train_hours=2     # hours of labeled training audio
 synth_unlabeled_hours=2 # hours of unlabeled training audio
@@ -74,24 +82,37 @@ nbest_input_dir=        # cuts to decode (default: <data-dir>/fbank)
 nbest_dir=              # default: <data-dir>/nbest
 
 options="corpus stage stop_stage dl_dir data_dir nj vocab_size speed_perturb musan skip_bad_audio text_norm
- full_libri unlabeled_libri parts librispeech_url synth_train_hours synth_unlabeled_hours synth_teacher_hours synth_seed synth_noise_files teacher_kind teacher_model
+ full_libri unlabeled_libri parts librispeech_url src_manifest_dir prefix train_parts dev_parts
+ test_parts synth_train_hours synth_unlabeled_hours synth_teacher_hours synth_seed synth_noise_files teacher_kind teacher_model
  teacher_layer teacher_epoch teacher_avg num_codebooks mvq_num_cuts store_embeddings mvq_dir
  nbest_beam nbest nbest_input_dir nbest_dir"
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$here/local/parse_options.sh" "$@"
 python=${PYTHON:-python3}
-data_dir=${data_dir:-data/$corpus}
-manifests=$data_dir/manifests
-fbank=$data_dir/fbank
-lang_dir=$data_dir/lang_bpe_${vocab_size}
-mvq_dir=${mvq_dir:-$data_dir/mvq}
-nbest_input_dir=${nbest_input_dir:-$fbank}
-nbest_dir=${nbest_dir:-$data_dir/nbest}
 
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (prepare.sh:${BASH_LINENO[0]}) $*"; }
 
+if [ "$corpus" != lhotse ]; then
+  for opt in src_manifest_dir prefix train_parts dev_parts test_parts; do
+    if [ -n "${!opt}" ]; then
+      echo "$0: --${opt//_/-} is an option of --corpus lhotse (for $corpus use --parts)" >&2; exit 1
+    fi
+  done
+fi
 case "$corpus" in
+  lhotse)
+    if [ -z "$src_manifest_dir" ] || [ -z "$prefix" ] || [ -z "$train_parts$dev_parts$test_parts" ]; then
+      echo "$0: --corpus lhotse needs --src-manifest-dir, --prefix and --train-parts, --dev-parts, --test-parts" >&2
+      exit 1
+    fi
+    if [ ! -d "$src_manifest_dir" ]; then
+      echo "$0: --src-manifest-dir $src_manifest_dir is not a folder" >&2; exit 1
+    fi
+    corpus_dir=$src_manifest_dir
+    eval_parts="$dev_parts $test_parts"
+    unlabeled_parts=""
+    teacher_parts="" ;;
   synth)
     corpus_dir=$dl_dir/SynthSpeech
     prefix=synth
@@ -113,8 +134,15 @@ case "$corpus" in
         exit 1 ;;
       esac
     done ;;
-  *) echo "$0: --corpus must be synth or librispeech, not '$corpus'" >&2; exit 1 ;;
+  *) echo "$0: --corpus must be synth, librispeech or lhotse, not '$corpus'" >&2; exit 1 ;;
 esac
+data_dir=${data_dir:-data/$prefix}
+manifests=$data_dir/manifests
+fbank=$data_dir/fbank
+lang_dir=$data_dir/lang_bpe_${vocab_size}
+mvq_dir=${mvq_dir:-$data_dir/mvq}
+nbest_input_dir=${nbest_input_dir:-$fbank}
+nbest_dir=${nbest_dir:-$data_dir/nbest}
 if [ -n "$parts" ]; then  # keep the recipe's parts named in --parts, add the others
   keep() { local out="" p; for p in $1; do case " $parts " in *" $p "*) out="$out $p" ;; esac; done; echo $out; }
   recipe_parts=" $train_parts $eval_parts $unlabeled_parts $teacher_parts "
@@ -132,7 +160,9 @@ skip_flag=""; [ "$skip_bad_audio" = true ] && skip_flag="--skip-bad-audio"
 log "corpus=$corpus data_dir=$data_dir stages $stage..$stop_stage"
 
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
-  if [ "$corpus" = synth ]; then
+  if [ "$corpus" = lhotse ]; then
+    log "Stage 0: --corpus lhotse: the audio is where the manifests in $src_manifest_dir say, nothing to fetch"
+  elif [ "$corpus" = synth ]; then
     log "Stage 0: synthesize the embedded corpus into $corpus_dir"
     $python "$here/local/make_synth_corpus.py" --corpus-dir "$corpus_dir" \
       --train-hours "$synth_train_hours" --unlabeled-hours "$synth_unlabeled_hours" \
@@ -153,9 +183,15 @@ fi
 
 if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
   log "Stage 1: manifests -> $manifests"
-  $python "$here/local/prepare_manifests.py" --corpus-dir "$corpus_dir" --output-dir "$manifests" \
-    --parts $all_parts --prefix $prefix --unlabeled-parts $unlabeled_parts $skip_flag \
-    --text-norm "$text_norm"
+  if [ "$corpus" = lhotse ]; then
+    $python "$here/local/import_lhotse_manifests.py" --src-dir "$src_manifest_dir" \
+      --output-dir "$manifests" --parts $all_parts --prefix $prefix $skip_flag \
+      --text-norm "$text_norm"
+  else
+    $python "$here/local/prepare_manifests.py" --corpus-dir "$corpus_dir" --output-dir "$manifests" \
+      --parts $all_parts --prefix $prefix --unlabeled-parts $unlabeled_parts $skip_flag \
+      --text-norm "$text_norm"
+  fi
 fi
 
 if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then

@@ -2,7 +2,8 @@
 """Compute 80-dim fbank features (lhotse Fbank, LilcomChunkyWriter) for manifest parts.
 
 Reads <manifest-dir>/<prefix>_{recordings,supervisions}_<part>.jsonl.gz and writes
-<output-dir>/<prefix>_cuts_<part>.jsonl.gz. Finished parts are skipped.
+<output-dir>/<prefix>_cuts_<part>.jsonl.gz. Finished parts are skipped. Recordings that
+hold several supervisions, or one that does not span them, are cut to their supervisions.
 """
 
 import argparse
@@ -40,6 +41,13 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_full_supervision(cut) -> bool:
+    if len(cut.supervisions) != 1:
+        return False
+    sup = cut.supervisions[0]
+    return sup.start <= 0.01 and sup.end >= cut.duration - 0.01
+
+
 def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
     setup_logging()
@@ -51,8 +59,12 @@ def main(argv=None) -> None:
         for path in (rec_path, sup_path):
             if not path.is_file():
                 sys.exit(f"Missing manifest {path}: run the manifest stage first")
+        cuts = CutSet.from_manifests(load_manifest(rec_path), load_manifest(sup_path))
+        if not all(_one_full_supervision(c) for c in cuts):
+            print(f"{part}: recordings with segments, cutting them to their supervisions")
+            cuts = CutSet.from_cuts(cuts.trim_to_supervisions(keep_overlapping=False)).to_eager()
         compute_fbank(
-            CutSet.from_manifests(load_manifest(rec_path), load_manifest(sup_path)),
+            cuts,
             args.output_dir,
             part=part,
             prefix=args.prefix,

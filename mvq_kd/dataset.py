@@ -343,27 +343,35 @@ def make_sampler(
     ``drop_last`` a small corpus lost a batch per bucket, and at a ``max_duration`` above a
     bucket's duration every batch), and with several ranks lhotse splits the last batches so
     that every rank takes the same number of steps."""
-    try:
-        return DynamicBucketingSampler(
-            cuts,
-            max_duration=cfg.max_duration,
-            num_buckets=cfg.num_buckets,
-            shuffle=shuffle,
-            drop_last=False,
-            seed=cfg.seed,
-            world_size=world_size,
-            rank=rank,
-        )
-    except AssertionError as e:  # lhotse estimates the buckets from the (filtered) cuts
-        found = re.search(r"number of cuts \((\d+)\)", str(e))
-        if not found:
-            raise
-        raise ValueError(
-            f"Only {found.group(1)} cut(s) to batch, fewer than --num-buckets "
-            f"{cfg.num_buckets}: the manifests are (nearly) empty or the filter dropped the "
-            f"cuts (durations outside {cfg.min_duration}-{cfg.max_cut_duration} s, or fewer "
-            "encoder frames than BPE tokens)"
-        ) from None
+    num_buckets = cfg.num_buckets
+    while True:
+        try:
+            return DynamicBucketingSampler(
+                cuts,
+                max_duration=cfg.max_duration,
+                num_buckets=num_buckets,
+                shuffle=shuffle,
+                drop_last=False,
+                seed=cfg.seed,
+                world_size=world_size,
+                rank=rank,
+            )
+        except AssertionError as e:  # lhotse estimates the buckets from the (filtered) cuts
+            found = re.search(r"number of cuts \((\d+)\)", str(e))
+            if not found:
+                raise
+            num_cuts = int(found.group(1))
+            if num_cuts == 0:
+                raise ValueError(
+                    "No cut to batch: the manifests are empty or the filter dropped every cut "
+                    f"(durations outside {cfg.min_duration}-{cfg.max_cut_duration} s, or fewer "
+                    "encoder frames than BPE tokens)"
+                ) from None
+            logging.warning(
+                f"Only {num_cuts} cut(s) to batch, fewer than --num-buckets {num_buckets}: "
+                f"using {num_cuts} bucket(s)"
+            )
+            num_buckets = num_cuts
 
 
 def make_loader(

@@ -362,3 +362,18 @@ def test_training_names_dropped_cuts_and_shows_progress(tiny_data, tmp_path, cap
     assert "An epoch: " in caplog.text and "batches a rank" in caplog.text
     assert re.search(r"epoch 1 batch 1/~\d+ step 1: loss", caplog.text)
     assert "epoch 1:" in capsys.readouterr().err  # the bar (tqdm, on stderr)
+
+
+def test_fewer_cuts_than_buckets_still_batch_every_cut(tiny_data, caplog):
+    """A small dev set (3 cuts) with the default 10 buckets: fewer buckets, all cuts."""
+    from mvq_kd.dataset import DataConfig, make_sampler
+
+    fbank = tiny_data["fbank"]
+    cfg = DataConfig([fbank / "synth_cuts_train.jsonl.gz"], [fbank / "synth_cuts_dev.jsonl.gz"])
+    dev = load_manifest(fbank / "synth_cuts_dev.jsonl.gz")
+    assert len(dev) < cfg.num_buckets
+    sampler = make_sampler(dev, cfg, shuffle=False)
+    assert sorted(c.id for batch in sampler for c in batch) == sorted(dev.ids)
+    assert f"using {len(dev)} bucket(s)" in caplog.text
+    with pytest.raises(ValueError, match="No cut to batch"):
+        make_sampler(dev.filter(lambda c: False).to_eager(), cfg, shuffle=False)
