@@ -43,7 +43,10 @@ nj=2                    # parallel jobs
 vocab_size=500          # BPE vocabulary size
 speed_perturb=false     # add 0.9x and 1.1x copies of the training parts
 musan=false             # prepare MUSAN for noise mixing (librispeech recipes)
-skip_bad_audio=false    # skip (and count) unreadable audio instead of stopping
+skip_bad_audio=false    # skip unreadable audio (stages 1-2) instead of stopping: counted and
+                        # listed in manifests/ and fbank/<prefix>_bad_audio_<part>.txt
+validate_audio=         # stage 1: full (decode every file: finds truncated ones) | header
+                        # (default: header for synth, which it wrote itself; full otherwise)
 text_norm=upper         # transcripts: upper (upper case, punctuation removed; the original
                         # is kept in the supervision's custom orig_text) | none (as is)
 full_libri=false        # librispeech: add train-clean-360 and train-other-500
@@ -82,7 +85,7 @@ nbest_input_dir=        # cuts to decode (default: <data-dir>/fbank)
 nbest_dir=              # default: <data-dir>/nbest
 
 options="corpus stage stop_stage dl_dir data_dir nj vocab_size speed_perturb musan skip_bad_audio text_norm
- full_libri unlabeled_libri parts librispeech_url src_manifest_dir prefix train_parts dev_parts
+ validate_audio  full_libri unlabeled_libri parts librispeech_url src_manifest_dir prefix train_parts dev_parts
  test_parts synth_train_hours synth_unlabeled_hours synth_teacher_hours synth_seed synth_noise_files teacher_kind teacher_model
  teacher_layer teacher_epoch teacher_avg num_codebooks mvq_num_cuts store_embeddings mvq_dir
  nbest_beam nbest nbest_input_dir nbest_dir"
@@ -154,6 +157,9 @@ if [ -n "$parts" ]; then  # keep the recipe's parts named in --parts, add the ot
   done
 fi
 all_parts=$(echo $train_parts $eval_parts $unlabeled_parts $teacher_parts)
+if [ -z "$validate_audio" ]; then
+  validate_audio=full; [ "$corpus" = synth ] && validate_audio=header
+fi
 sp_factors=""; [ "$speed_perturb" = true ] && sp_factors="0.9 1.1"
 skip_flag=""; [ "$skip_bad_audio" = true ] && skip_flag="--skip-bad-audio"
 
@@ -186,11 +192,11 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
   if [ "$corpus" = lhotse ]; then
     $python "$here/local/import_lhotse_manifests.py" --src-dir "$src_manifest_dir" \
       --output-dir "$manifests" --parts $all_parts --prefix $prefix $skip_flag \
-      --text-norm "$text_norm"
+      --text-norm "$text_norm" --validate-audio "$validate_audio"
   else
     $python "$here/local/prepare_manifests.py" --corpus-dir "$corpus_dir" --output-dir "$manifests" \
       --parts $all_parts --prefix $prefix --unlabeled-parts $unlabeled_parts $skip_flag \
-      --text-norm "$text_norm"
+      --text-norm "$text_norm" --validate-audio "$validate_audio"
   fi
 fi
 
@@ -198,12 +204,12 @@ if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
   log "Stage 2: fbank features -> $fbank"
   if [ -n "$train_parts" ]; then
     $python "$here/local/compute_fbank.py" --manifest-dir "$manifests" --output-dir "$fbank" \
-      --prefix $prefix --parts $train_parts --speed-perturb $sp_factors --num-jobs "$nj"
+      --prefix $prefix --parts $train_parts --speed-perturb $sp_factors --num-jobs "$nj" $skip_flag
   fi
   other_parts=$(echo $eval_parts $unlabeled_parts $teacher_parts)
   if [ -n "$other_parts" ]; then
     $python "$here/local/compute_fbank.py" --manifest-dir "$manifests" --output-dir "$fbank" \
-      --prefix $prefix --parts $other_parts --num-jobs "$nj"
+      --prefix $prefix --parts $other_parts --num-jobs "$nj" $skip_flag
   fi
 fi
 

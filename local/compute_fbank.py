@@ -16,7 +16,7 @@ from lhotse import CutSet, load_manifest  # noqa: E402
 
 from mvq_kd.cli import make_parser  # noqa: E402
 from mvq_kd.data.fbank import compute_fbank  # noqa: E402
-from mvq_kd.data.librispeech import manifest_paths  # noqa: E402
+from mvq_kd.data.librispeech import BadAudioError, manifest_paths  # noqa: E402
 from mvq_kd.fields import cuts_path  # noqa: E402
 from mvq_kd.utils import setup_logging  # noqa: E402
 
@@ -38,6 +38,11 @@ def get_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--num-mel-bins", type=int, default=80, help="fbank bins")
     p.add_argument("--num-jobs", type=int, default=2, help="feature extraction processes")
+    p.add_argument(
+        "--skip-bad-audio",
+        action="store_true",
+        help="drop cuts whose audio does not decode (listed in <prefix>_bad_audio_<part>.txt)",
+    )
     return p
 
 
@@ -63,15 +68,21 @@ def main(argv=None) -> None:
         if not all(_one_full_supervision(c) for c in cuts):
             print(f"{part}: recordings with segments, cutting them to their supervisions")
             cuts = CutSet.from_cuts(cuts.trim_to_supervisions(keep_overlapping=False)).to_eager()
-        compute_fbank(
-            cuts,
-            args.output_dir,
-            part=part,
-            prefix=args.prefix,
-            num_jobs=args.num_jobs,
-            speed_perturb=args.speed_perturb,
-            num_mel_bins=args.num_mel_bins,
-        )
+        try:
+            compute_fbank(
+                cuts,
+                args.output_dir,
+                part=part,
+                prefix=args.prefix,
+                num_jobs=args.num_jobs,
+                speed_perturb=args.speed_perturb,
+                num_mel_bins=args.num_mel_bins,
+                skip_bad_audio=args.skip_bad_audio,
+            )
+        except BadAudioError as e:
+            decode_error = "Cannot compute features" in str(e) and not args.skip_bad_audio
+            hint = " (--skip-bad-audio true drops such cuts)" if decode_error else ""
+            sys.exit(f"compute_fbank.py: {e}{hint}")
 
 
 if __name__ == "__main__":

@@ -17,8 +17,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mvq_kd.cli import make_parser  # noqa: E402
-from mvq_kd.data.librispeech import BadAudioError, EmptyTranscriptError  # noqa: E402
 from mvq_kd.data.lhotse_corpus import import_lhotse_manifests  # noqa: E402
+from mvq_kd.data.librispeech import (  # noqa: E402
+    VALIDATE_AUDIO,
+    BadAudioError,
+    EmptyTranscriptError,
+)
 from mvq_kd.data.text import TEXT_NORMS  # noqa: E402
 from mvq_kd.utils import setup_logging  # noqa: E402
 
@@ -31,6 +35,12 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--parts", nargs="+", required=True, help="parts to import")
     p.add_argument("--unlabeled-parts", nargs="*", default=[], help="parts whose text is dropped")
     p.add_argument("--skip-bad-audio", action="store_true", help="drop and list missing audio")
+    p.add_argument(
+        "--validate-audio",
+        default="full",
+        choices=VALIDATE_AUDIO,
+        help="full: decode every recording (finds truncated files); header: files must exist",
+    )
     p.add_argument(
         "--text-norm",
         default="upper",
@@ -52,6 +62,7 @@ def main(argv=None) -> None:
             unlabeled_parts=args.unlabeled_parts,
             text_norm=args.text_norm,
             on_bad_audio="skip" if args.skip_bad_audio else "error",
+            validate_audio=args.validate_audio,
         )
     except (FileNotFoundError, BadAudioError, EmptyTranscriptError) as e:
         sys.exit(f"import_lhotse_manifests.py: {e}")

@@ -14,7 +14,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mvq_kd.cli import make_parser  # noqa: E402
-from mvq_kd.data.librispeech import prepare_librispeech_manifests  # noqa: E402
+from mvq_kd.data.librispeech import (  # noqa: E402
+    VALIDATE_AUDIO,
+    BadAudioError,
+    EmptyTranscriptError,
+    prepare_librispeech_manifests,
+)
 from mvq_kd.data.text import TEXT_NORMS  # noqa: E402
 from mvq_kd.utils import setup_logging  # noqa: E402
 
@@ -31,6 +36,12 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad-audio", action="store_true", help="skip and count bad files")
     p.add_argument("--num-jobs", type=int, default=4, help="threads reading audio headers")
     p.add_argument(
+        "--validate-audio",
+        default="header",
+        choices=VALIDATE_AUDIO,
+        help="header: read each file's header; full: decode every file (finds truncated ones)",
+    )
+    p.add_argument(
         "--text-norm",
         default="upper",
         choices=TEXT_NORMS,
@@ -42,16 +53,20 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
     setup_logging()
-    prepare_librispeech_manifests(
-        args.corpus_dir,
-        args.parts,
-        args.output_dir,
-        prefix=args.prefix,
-        unlabeled_parts=args.unlabeled_parts,
-        on_bad_audio="skip" if args.skip_bad_audio else "error",
-        num_jobs=args.num_jobs,
-        text_norm=args.text_norm,
-    )
+    try:
+        prepare_librispeech_manifests(
+            args.corpus_dir,
+            args.parts,
+            args.output_dir,
+            prefix=args.prefix,
+            unlabeled_parts=args.unlabeled_parts,
+            on_bad_audio="skip" if args.skip_bad_audio else "error",
+            num_jobs=args.num_jobs,
+            text_norm=args.text_norm,
+            validate_audio=args.validate_audio,
+        )
+    except (FileNotFoundError, BadAudioError, EmptyTranscriptError) as e:
+        sys.exit(f"prepare_manifests.py: {e}")
 
 
 if __name__ == "__main__":

@@ -345,6 +345,9 @@ def teacher_reads(kind: str, model, epoch, avg) -> List[str]:
 
 # corpus -> (prefix, training parts, evaluation parts, unlabeled parts, teacher-only parts)
 def corpus_parts(v: Dict[str, str]):
+    if v["corpus"] == "lhotse":
+        evals = v.get("dev_parts", "").split() + v.get("test_parts", "").split()
+        return v["prefix"], v.get("train_parts", "").split(), evals, [], []
     if v["corpus"] == "synth":
         evals = ["dev", "test-clean", "test-other"]
         return "synth", ["train"], evals, ["train-unlabeled"], ["train-teacher"]
@@ -358,7 +361,15 @@ def corpus_parts(v: Dict[str, str]):
 def prepare_stages(v: Dict[str, str]):
     """(stage, reads, makes) of ./prepare.sh with option values v."""
     prefix, train, evals, unlabeled, teacher_only = corpus_parts(v)
-    data = v.get("data_dir") or f"data/{v['corpus']}"
+    if v.get("parts"):  # --parts: the recipe's parts named there, and the others
+        chosen = v["parts"].split()
+        known = train + evals + unlabeled + teacher_only
+        train, evals, unlabeled, teacher_only = (
+            [p for p in ps if p in chosen] for ps in (train, evals, unlabeled, teacher_only)
+        )
+        train += [p for p in chosen if p not in known and p.startswith("train")]
+        evals += [p for p in chosen if p not in known and not p.startswith("train")]
+    data = v.get("data_dir") or f"data/{prefix}"
     man, fb = f"{data}/manifests", f"{data}/fbank"
     lang = f"{data}/lang_bpe_{v['vocab_size']}"
     mvq = v.get("mvq_dir") or f"{data}/mvq"
@@ -375,8 +386,10 @@ def prepare_stages(v: Dict[str, str]):
         return [f"{d}/{prefix}_cuts_{p}.jsonl.gz" for p in ps]
 
     corpus_dir = f"{v['dl_dir']}/" + ("SynthSpeech" if prefix == "synth" else "LibriSpeech")
+    if v["corpus"] == "lhotse":
+        corpus_dir = v["src_manifest_dir"]  # the user's manifests: given
     stages = {
-        0: lambda: ([], [corpus_dir]),  # synthesized, or the missing parts downloaded
+        0: lambda: ([], [corpus_dir]),  # synthesized, the missing parts downloaded, or given
         1: lambda: (
             [corpus_dir],
             [
@@ -394,7 +407,7 @@ def prepare_stages(v: Dict[str, str]):
         ),
         4: lambda: (
             [f"{man}/{prefix}_supervisions_{p}.jsonl.gz" for p in train],
-            [f"{lang}/bpe.model", f"{lang}/tokens.txt"],
+            [f"{lang}/bpe.model", f"{lang}/tokens.txt"] if train else [],
         ),
         5: lambda: (cuts(fb, train) + teacher(), [f"{mvq}/embeddings.pt"]),
         6: lambda: ([f"{mvq}/embeddings.pt"], [f"{mvq}/quantizer.pt"]),

@@ -4,11 +4,13 @@ train.py and decode.py on it unchanged (real audio files written by the test).""
 import dataclasses
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 from lhotse import Recording, RecordingSet, SupervisionSegment, SupervisionSet, load_manifest
+from scipy.signal import resample_poly
 
 from mvq_kd.data.librispeech import prepare_part
 from tests.conftest import REPO
@@ -22,12 +24,23 @@ def _messy(text: str) -> str:
 
 def write_own_corpus(tiny_corpus, root):
     """Manifests of a corpus 'my' (parts train, dev, test) with lower-case punctuated text;
-    its test part holds one long recording with two segments."""
+    its training audio is at 8 and 44.1 kHz, its test part holds one long 8 kHz recording
+    with two segments."""
     src = root / "manifests"
     src.mkdir(parents=True)
     for part, split in (("train", "train"), ("dev", "dev"), ("test", "test-clean")):
         recs, sups, _ = prepare_part(tiny_corpus / split)
-        sups = SupervisionSet.from_segments([dataclasses.replace(s, text=_messy(s.text)) for s in sups])
+        sups = SupervisionSet.from_segments(
+            [dataclasses.replace(s, text=_messy(s.text)) for s in sups]
+        )
+        if part == "train":  # WAV files at 8 and 44.1 kHz
+            resampled = []
+            for i, rec in enumerate(recs):
+                rate = (8000, 44100)[i % 2]
+                wav = root / f"{rec.id}.wav"
+                sf.write(str(wav), resample_poly(rec.load_audio()[0], rate // 100, 160), rate)
+                resampled.append(Recording.from_file(wav, recording_id=rec.id))
+            recs = RecordingSet.from_recordings(resampled)
         if part == "test":  # two utterances in one 8 kHz recording
             a, b = list(recs)[:2]
             audio = np.concatenate([a.load_audio()[0], np.zeros(8000), b.load_audio()[0]])
@@ -51,11 +64,13 @@ def write_own_corpus(tiny_corpus, root):
 def test_lhotse_corpus_prepares_trains_and_decodes(tiny_corpus, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     src = write_own_corpus(tiny_corpus, tmp_path)
-    run_prepare(
+    proc = run_prepare(
         "--corpus", "lhotse", "--src-manifest-dir", str(src), "--prefix", "my",
         "--train-parts", "train", "--dev-parts", "dev", "--test-parts", "test",
         "--vocab-size", "60", cwd=tmp_path,
     )  # fmt: skip
+    n_train = len(load_manifest(src / "my_recordings_train.jsonl.gz"))
+    assert f"train: resampling {n_train} cuts to 16000 Hz (" in proc.stderr
     data = tmp_path / "data" / "my"
     sups = load_manifest(data / "manifests" / "my_supervisions_train.jsonl.gz")
     assert all(s.text == s.text.upper() and "." not in s.text for s in sups)
@@ -92,7 +107,7 @@ def sups_duration(src, sup_id):
     return load_manifest(src / "my_supervisions_test.jsonl.gz")[sup_id].duration
 
 
-@pytest.mark.parametrize("bad", ["missing_manifest", "missing_audio", "empty_text"])
+@pytest.mark.parametrize("bad", ["missing_manifest", "missing_audio", "truncated", "empty_text"])
 def test_lhotse_corpus_errors_name_the_problem(tiny_corpus, tmp_path, bad):
     src = write_own_corpus(tiny_corpus, tmp_path)
     if bad == "missing_manifest":
@@ -101,12 +116,18 @@ def test_lhotse_corpus_errors_name_the_problem(tiny_corpus, tmp_path, bad):
     elif bad == "missing_audio":
         recs = load_manifest(src / "my_recordings_dev.jsonl.gz")
         first = next(iter(recs))
-        gone = first.sources[0].source
-        (tmp_path / "gone.flac").write_bytes(b"")
         first.sources[0].source = str(tmp_path / "nowhere.flac")
         recs.to_file(src / "my_recordings_dev.jsonl.gz")
         expected = f"{tmp_path / 'nowhere.flac'} of recording '{first.id}'"
-        del gone
+    elif bad == "truncated":
+        recs = load_manifest(src / "my_recordings_dev.jsonl.gz")
+        first = next(iter(recs))
+        flac = tmp_path / "dev.flac"
+        flac.write_bytes(Path(first.sources[0].source).read_bytes())
+        first.sources[0].source = str(flac)
+        recs.to_file(src / "my_recordings_dev.jsonl.gz")
+        flac.write_bytes(flac.read_bytes()[: flac.stat().st_size // 2])
+        expected = f"Cannot decode audio of '{first.id}' ({flac}): Error : flac decoder lost sync"
     else:
         sups = load_manifest(src / "my_supervisions_dev.jsonl.gz")
         first = next(iter(sups))
@@ -122,7 +143,7 @@ def test_lhotse_corpus_errors_name_the_problem(tiny_corpus, tmp_path, bad):
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert expected in proc.stderr.splitlines()[-1]
-    if bad == "missing_audio":
+    if bad in ("missing_audio", "truncated"):
         proc = run_prepare(
             "--corpus", "lhotse", "--src-manifest-dir", str(src), "--prefix", "my",
             "--train-parts", "train", "--dev-parts", "dev", "--stop-stage", "1",

@@ -332,7 +332,9 @@ def test_download_is_atomic_and_extracts_the_part(libri_tree, tmp_path):
     part_dir = download_librispeech_part(dl, "dev-clean", f"file://{server}")
     assert part_dir == dl / "LibriSpeech" / "dev-clean"
     assert sorted(p.name for p in dl.iterdir()) == ["LibriSpeech", "dev-clean.tar.gz"]
-    assert len(list(part_dir.rglob("*.flac"))) == len(list((libri_tree / "dev-clean").rglob("*.flac")))
+    assert len(list(part_dir.rglob("*.flac"))) == len(
+        list((libri_tree / "dev-clean").rglob("*.flac"))
+    )
 
 
 def test_transcripts_are_normalised_for_bpe_and_kept_as_written(libri_tree, tmp_path):
@@ -362,3 +364,67 @@ def test_transcripts_are_normalised_for_bpe_and_kept_as_written(libri_tree, tmp_
         libri_tree, ["train-clean-100"], tmp_path / "m2", text_norm="none"
     )["train-clean-100"][1]
     assert {s.id: s.text for s in as_is} == written
+
+
+def _truncate(flac: Path) -> None:
+    data = flac.read_bytes()
+    flac.write_bytes(data[: len(data) // 2])  # the header stays intact
+
+
+def test_truncated_flac_end_to_end(libri_tree, tmp_path, monkeypatch):
+    """Stage 1 decodes LibriSpeech audio in full: a truncated FLAC is named in one line,
+    or skipped and listed; a file without a transcript line is counted and listed."""
+    monkeypatch.chdir(tmp_path)
+    dl = libri_tree.parent
+    bad = _first_flac(libri_tree / "dev-clean")
+    _truncate(bad)
+    trans = next((libri_tree / "test-clean").rglob("*.trans.txt"))
+    first, *rest = trans.read_text().splitlines()
+    trans.write_text("\n".join(rest) + "\n")
+    untranscribed = trans.parent / f"{first.split()[0]}.flac"
+    args = ["--corpus", "librispeech", "--dl-dir", str(dl), "--stage", "1", "--stop-stage", "2",
+            "--parts", "dev-clean test-clean"]  # fmt: skip
+    proc = run_prepare(*args, cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert f"'{bad.stem}' ({bad})" in last and "lost sync" in last and "--skip-bad-audio" in last
+
+    proc = run_prepare(*args, "--skip-bad-audio", "true", cwd=tmp_path)
+    manifests = tmp_path / "data" / "librispeech" / "manifests"
+    assert str(bad) in (manifests / "librispeech_bad_audio_dev-clean.txt").read_text()
+    listed = (manifests / "librispeech_no_transcript_test-clean.txt").read_text().split()
+    assert listed == [str(untranscribed)]
+    assert "1 audio file(s) have no transcript line" in proc.stderr
+    fbank = tmp_path / "data" / "librispeech" / "fbank"
+    cuts = load_manifest(fbank / "librispeech_cuts_dev-clean.jsonl.gz")
+    n_flac = len(list((libri_tree / "dev-clean").rglob("*.flac")))
+    assert bad.stem not in [c.recording_id for c in cuts] and len(cuts) == n_flac - 1
+
+
+def test_truncated_audio_in_stage_2_is_skipped_and_listed(corpus_copy, tmp_path):
+    """Manifests made before the damage (header-only validation): stage 2 names the cut
+    in one line, or with --skip-bad-audio drops and lists it."""
+    from mvq_kd.data.librispeech import manifest_paths, prepare_part
+
+    recs, sups, _ = prepare_part(corpus_copy / "dev")
+    rec_path, sup_path = manifest_paths(tmp_path / "m", "x", "dev")
+    rec_path.parent.mkdir()
+    recs.to_file(rec_path)
+    sups.to_file(sup_path)
+    bad = _first_flac(corpus_copy / "dev")
+    _truncate(bad)
+    cmd = [sys.executable, str(REPO / "local" / "compute_fbank.py"), "--manifest-dir",
+           str(tmp_path / "m"), "--output-dir", str(tmp_path / "f"), "--prefix", "x",
+           "--parts", "dev", "--num-jobs", "2"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("compute_fbank.py: Cannot compute features of cut")
+    assert f"cut '{bad.stem}" in last and str(bad) in last and "--skip-bad-audio" in last
+
+    proc = subprocess.run(cmd + ["--skip-bad-audio"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    listed = (tmp_path / "f" / "x_bad_audio_dev.txt").read_text().splitlines()
+    assert len(listed) == 1 and f"cut '{bad.stem}" in listed[0]
+    cuts = load_manifest(tmp_path / "f" / "x_cuts_dev.jsonl.gz")
+    assert sorted(c.recording_id for c in cuts) == sorted(i for i in recs.ids if i != bad.stem)

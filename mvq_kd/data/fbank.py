@@ -6,7 +6,9 @@ computed in parallel processes into a temporary folder that is renamed only when
 every shard has finished, so an interrupted stage leaves nothing that looks done.
 Audio at another sampling rate is resampled to 16 kHz (logged once per part with the
 count); a cut of several channels is an error (the recipe takes mono audio). A cut whose
-audio cannot be decoded stops the stage with an error naming the cut and its file.
+audio cannot be decoded stops the stage with one line naming the cut, its file and the
+cause, or, with ``skip_bad_audio``, is dropped, counted and listed in
+``<prefix>_bad_audio_<part>.txt`` beside the features.
 """
 
 from __future__ import annotations
@@ -21,28 +23,34 @@ from typing import List, Optional, Sequence, Tuple
 from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter
 from lhotse.utils import fastcopy
 
-from mvq_kd.data.librispeech import BadAudioError
+from mvq_kd.data.librispeech import BadAudioError, audio_error_cause
 from mvq_kd.fields import SAMPLE_RATE, cuts_path
 from mvq_kd.utils import Pathlike, atomic_path
 
 
-def _extract_shard(args: Tuple[CutSet, Path, int]) -> CutSet:
-    cuts, storage_path, num_mel_bins = args
+def _extract_shard(args: Tuple[CutSet, Path, int, bool]) -> Tuple[CutSet, List[str]]:
+    """Worker: features of one shard; returns the cuts and the messages of bad cuts
+    (skipped when ``skip_bad``, else the first one raises :class:`BadAudioError`)."""
+    cuts, storage_path, num_mel_bins, skip_bad = args
     import torch
 
     torch.set_num_threads(1)  # one process per core
     extractor = Fbank(FbankConfig(num_mel_bins=num_mel_bins))
-    out = []
+    out, bad = [], []
     with LilcomChunkyWriter(storage_path) as writer:
         for cut in cuts:
             try:
                 out.append(cut.compute_and_store_features(extractor, writer))
             except Exception as e:
                 sources = ", ".join(s.source for s in cut.recording.sources)
-                raise BadAudioError(
-                    f"Cannot compute features of cut '{cut.id}' (audio: {sources}): {e}"
-                ) from e
-    return CutSet.from_cuts(out)
+                message = (
+                    f"Cannot compute features of cut '{cut.id}' (audio: {sources}): "
+                    f"{audio_error_cause(e)}"
+                )
+                if not skip_bad:
+                    raise BadAudioError(message) from None
+                bad.append(message)
+    return CutSet.from_cuts(out), bad
 
 
 def to_mono_16k(cuts: CutSet, part: str) -> CutSet:
@@ -73,6 +81,7 @@ def compute_fbank(
     num_jobs: int = 2,
     speed_perturb: Sequence[float] = (),
     num_mel_bins: int = 80,
+    skip_bad_audio: bool = False,
 ) -> Optional[CutSet]:
     """Compute fbank features of one part and write its cut manifest.
 
@@ -84,6 +93,8 @@ def compute_fbank(
         speed_perturb: extra speed factors, e.g. ``(0.9, 1.1)``: the cut set is the
             union of the original and the perturbed copies (ids get ``_sp0.9``...).
         num_mel_bins: feature dimension.
+        skip_bad_audio: drop cuts whose audio does not decode, listed in
+            ``<output_dir>/<prefix>_bad_audio_<part>.txt`` (default: stop at the first).
     Returns:
         The cuts with features, or ``None`` when the part was already done.
     """
@@ -107,21 +118,31 @@ def compute_fbank(
 
     num_jobs = max(1, min(num_jobs, len(cuts)))
     shards = cuts.split(num_jobs) if num_jobs > 1 else [cuts]
-    jobs = [(shard, tmp_dir / f"feats-{i}.lca", num_mel_bins) for i, shard in enumerate(shards)]
+    jobs = [
+        (shard, tmp_dir / f"feats-{i}.lca", num_mel_bins, skip_bad_audio)
+        for i, shard in enumerate(shards)
+    ]
     logging.info(f"{part}: computing fbank of {len(cuts)} cuts with {num_jobs} process(es)")
-    results: List[CutSet] = []
     if num_jobs == 1:
         results = [_extract_shard(jobs[0])]
     else:
         with ProcessPoolExecutor(num_jobs) as ex:
             results = list(tqdm(ex.map(_extract_shard, jobs), total=len(jobs), desc=part))
+    bad = [message for _, shard_bad in results for message in shard_bad]
+    if bad:
+        bad_list = output_dir / f"{prefix}_bad_audio_{part}.txt"
+        with atomic_path(bad_list) as tmp:
+            tmp.write_text("".join(f"{m}\n" for m in bad))
+        logging.warning(f"{part}: skipped {len(bad)} cut(s) whose audio does not decode, see {bad_list}")
     tmp_dir.rename(final_dir)
 
     def relocate(cut):
         name = Path(cut.features.storage_path).name
         return fastcopy(cut, features=fastcopy(cut.features, storage_path=str(final_dir / name)))
 
-    done = CutSet.from_cuts(relocate(c) for shard in results for c in shard)
+    done = CutSet.from_cuts(relocate(c) for shard, _ in results for c in shard)
+    if len(done) == 0 and bad:
+        raise BadAudioError(f"{part}: no cut left with decodable audio (see {bad_list})")
     with atomic_path(manifest) as tmp:
         done.to_file(tmp)
     hours = sum(c.duration for c in done) / 3600

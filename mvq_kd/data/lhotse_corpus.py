@@ -8,7 +8,8 @@ the same names, so stages 2-8, ``train.py`` and ``decode.py`` run on it unchange
 * transcripts are normalised (:func:`mvq_kd.data.text.normalize_text`, the original kept
   in ``custom["orig_text"]``); a supervision of a labeled part whose text is empty is an
   error naming it and its manifest;
-* an audio file that is missing stops the stage naming recording and file, or, with
+* an audio file that is missing (or, with ``validate_audio="full"``, does not decode to
+  the end) stops the stage naming recording, file and cause, or, with
   ``on_bad_audio="skip"``, is dropped with its supervisions and listed in
   ``<prefix>_bad_audio_<part>.txt``;
 * supervisions without a recording, and recordings without a supervision, are counted
@@ -27,7 +28,12 @@ from typing import Dict, Iterable, List, Tuple
 from lhotse import RecordingSet, SupervisionSet, load_manifest
 from lhotse.qa import fix_manifests, validate_recordings_and_supervisions
 
-from mvq_kd.data.librispeech import BadAudioError, EmptyTranscriptError, manifest_paths
+from mvq_kd.data.librispeech import (
+    BadAudioError,
+    EmptyTranscriptError,
+    check_audio,
+    manifest_paths,
+)
 from mvq_kd.data.text import normalize_text
 from mvq_kd.utils import Pathlike, atomic_path
 
@@ -48,14 +54,20 @@ def find_manifest(src_dir: Path, prefix: str, kind: str, part: str) -> Path:
     )
 
 
-def _missing_audio(recordings: RecordingSet) -> List[Tuple[str, str]]:
-    """(recording id, path) of file sources that do not exist."""
-    missing = []
+def _bad_audio(recordings: RecordingSet, validate_audio: str) -> Dict[str, str]:
+    """recording id -> why its audio is unusable: a file source that does not exist, or
+    (``validate_audio="full"``) audio that does not decode."""
+    bad = {}
     for rec in recordings:
-        for source in rec.sources:
-            if source.type == "file" and not Path(source.source).is_file():
-                missing.append((rec.id, source.source))
-    return missing
+        missing = [s.source for s in rec.sources if s.type == "file" and not Path(s.source).is_file()]
+        if missing:
+            bad[rec.id] = f"Missing audio file {missing[0]} of recording '{rec.id}'"
+        elif validate_audio == "full":
+            try:
+                check_audio(rec)
+            except BadAudioError as e:
+                bad[rec.id] = str(e)
+    return bad
 
 
 def import_part(
@@ -65,6 +77,7 @@ def import_part(
     labeled: bool = True,
     text_norm: str = "upper",
     on_bad_audio: str = "error",
+    validate_audio: str = "full",
 ) -> Tuple[RecordingSet, SupervisionSet, List[str]]:
     """Load, normalise and check one part.
 
@@ -77,21 +90,17 @@ def import_part(
     if not isinstance(recordings, RecordingSet) or not isinstance(supervisions, SupervisionSet):
         raise ValueError(f"{rec_path} / {sup_path}: not a recording and a supervision manifest")
 
-    skipped = []
-    missing = _missing_audio(recordings)
-    if missing:
-        messages = [f"Missing audio file {path} of recording '{rid}'" for rid, path in missing]
-        if on_bad_audio == "error":
-            raise BadAudioError(
-                f"{messages[0]} ({rec_path}; {len(missing)} missing in all). Fix the paths, "
-                "or pass --skip-bad-audio true to drop such recordings (they are listed)."
-            )
-        for message in messages:
-            logging.warning(f"Skipping: {message}")
-        skipped = messages
-        gone = {rid for rid, _ in missing}
-        recordings = recordings.filter(lambda r: r.id not in gone)
-        supervisions = supervisions.filter(lambda s: s.recording_id not in gone)
+    bad = _bad_audio(recordings, validate_audio)
+    if bad and on_bad_audio == "error":
+        raise BadAudioError(
+            f"{next(iter(bad.values()))} ({rec_path}; {len(bad)} bad in all). Fix the audio, "
+            "or pass --skip-bad-audio true to drop such recordings (they are listed)."
+        )
+    for message in bad.values():
+        logging.warning(f"Skipping: {message}")
+    if bad:
+        recordings = recordings.filter(lambda r: r.id not in bad).to_eager()
+        supervisions = supervisions.filter(lambda s: s.recording_id not in bad).to_eager()
 
     def normalise(sup):
         if not labeled:
@@ -121,7 +130,7 @@ def import_part(
     if len(supervisions) == 0:
         raise ValueError(f"Part '{part}' ({sup_path}) holds no supervision with a recording")
     validate_recordings_and_supervisions(recordings, supervisions)
-    return recordings, supervisions, skipped
+    return recordings, supervisions, list(bad.values())
 
 
 def import_lhotse_manifests(
@@ -132,6 +141,7 @@ def import_lhotse_manifests(
     unlabeled_parts: Iterable[str] = (),
     text_norm: str = "upper",
     on_bad_audio: str = "error",
+    validate_audio: str = "full",
 ) -> Dict[str, Tuple[RecordingSet, SupervisionSet]]:
     """Write ``<output_dir>/<prefix>_{recordings,supervisions}_<part>.jsonl.gz`` per part.
 
@@ -142,7 +152,8 @@ def import_lhotse_manifests(
         prefix: manifest name prefix, in the source and in the output.
         unlabeled_parts: parts whose supervisions lose their text.
         text_norm: ``upper`` (default) or ``none``.
-        on_bad_audio: ``error`` or ``skip`` (recordings with missing files).
+        on_bad_audio: ``error`` or ``skip`` (recordings with bad audio).
+        validate_audio: ``full`` (decode every recording) or ``header`` (files must exist).
     Returns:
         part -> (recordings, supervisions) for the parts written in this call.
     """
@@ -154,7 +165,7 @@ def import_lhotse_manifests(
             logging.info(f"{part}: manifests exist in {output_dir}, skipping")
             continue
         recs, sups, skipped = import_part(
-            src_dir, prefix, part, part not in unlabeled, text_norm, on_bad_audio
+            src_dir, prefix, part, part not in unlabeled, text_norm, on_bad_audio, validate_audio
         )
         if skipped:
             bad_list = output_dir / f"{prefix}_bad_audio_{part}.txt"

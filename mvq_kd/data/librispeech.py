@@ -76,21 +76,53 @@ def _read_transcripts(part_dir: Path, labeled: bool, text_norm: str = "upper") -
     return lines
 
 
-def _load_recording(line: _Line) -> Recording:
+VALIDATE_AUDIO = ("header", "full")
+
+
+def audio_error_cause(e: Exception) -> str:
+    """The one useful line of an audio loading error (lhotse lists every backend it
+    tried: the first one's message is the cause)."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("Exception #0"):
+            return line.rsplit(">: ", 1)[-1]
+    return lines[0] if lines else type(e).__name__
+
+
+def check_audio(rec: Recording) -> None:
+    """Decode every sample of ``rec`` (a header can be intact in a truncated file).
+
+    Raises:
+        BadAudioError: naming the recording, its file and the cause.
+    """
+    try:
+        rec.load_audio()
+    except Exception as e:  # soundfile/audioread/lhotse raise many types
+        sources = ", ".join(s.source for s in rec.sources)
+        raise BadAudioError(
+            f"Cannot decode audio of '{rec.id}' ({sources}): {audio_error_cause(e)}"
+        ) from None
+
+
+def _load_recording(line: _Line, validate_audio: str = "header") -> Recording:
     if not line.audio.is_file():
         raise BadAudioError(f"Missing audio file {line.audio} (listed at {line.source})")
     try:
         rec = Recording.from_file(line.audio, recording_id=line.utt_id)
     except Exception as e:  # soundfile/audioread raise many types
-        raise BadAudioError(f"Cannot read audio file {line.audio}: {e}") from e
+        raise BadAudioError(f"Cannot read audio file {line.audio}: {audio_error_cause(e)}") from e
     if rec.num_samples == 0:
         raise BadAudioError(f"Audio file {line.audio} has no samples")
+    if validate_audio == "full":
+        check_audio(rec)
     return rec
 
 
-def _load_or_none(line: _Line) -> Tuple[_Line, Optional[Recording], Optional[str]]:
+def _load_or_none(
+    line: _Line, validate_audio: str = "header"
+) -> Tuple[_Line, Optional[Recording], Optional[str]]:
     try:
-        return line, _load_recording(line), None
+        return line, _load_recording(line, validate_audio), None
     except BadAudioError as e:
         return line, None, str(e)
 
@@ -101,22 +133,27 @@ def prepare_part(
     on_bad_audio: str = "error",
     num_jobs: int = 1,
     text_norm: str = "upper",
+    validate_audio: str = "header",
 ) -> Tuple[RecordingSet, SupervisionSet, List[str]]:
     """Build the manifests of one LibriSpeech-layout part folder.
 
-    ``text_norm`` is the transcript normalisation (``upper`` or ``none``).
+    ``text_norm`` is the transcript normalisation (``upper`` or ``none``);
+    ``validate_audio`` reads each file's ``header`` or decodes it in ``full``. Audio
+    files without a transcript line are counted and logged (see :func:`untranscribed`).
 
     Returns:
         recordings, supervisions, and the error messages of skipped files.
     """
     if on_bad_audio not in ("error", "skip"):
         raise ValueError(f"on_bad_audio must be 'error' or 'skip', not {on_bad_audio!r}")
+    if validate_audio not in VALIDATE_AUDIO:
+        raise ValueError(f"validate_audio must be one of {VALIDATE_AUDIO}, not {validate_audio!r}")
     lines = _read_transcripts(part_dir, labeled, text_norm)
     if not lines:
         raise ValueError(f"No '*.trans.txt' transcripts found under {part_dir}")
     recordings, supervisions, skipped = [], [], []
     with ThreadPoolExecutor(num_jobs) as ex:
-        for line, rec, err in ex.map(_load_or_none, lines):
+        for line, rec, err in ex.map(lambda x: _load_or_none(x, validate_audio), lines):
             if rec is None:
                 if on_bad_audio == "error":
                     raise BadAudioError(
@@ -151,6 +188,14 @@ def prepare_part(
     return recording_set, supervision_set, skipped
 
 
+def untranscribed_audio(part_dir: Path) -> List[Path]:
+    """Audio files of ``part_dir`` that no transcript line names (they are not used)."""
+    listed = set()
+    for trans in part_dir.rglob("*.trans.txt"):
+        listed.update(line.split(" ", 1)[0] for line in trans.read_text().split("\n") if line)
+    return sorted(p for p in part_dir.rglob("*.flac") if p.stem not in listed)
+
+
 def prepare_librispeech_manifests(
     corpus_dir: Pathlike,
     parts: Iterable[str],
@@ -160,6 +205,7 @@ def prepare_librispeech_manifests(
     on_bad_audio: str = "error",
     num_jobs: int = 1,
     text_norm: str = "upper",
+    validate_audio: str = "header",
 ) -> Dict[str, Tuple[RecordingSet, SupervisionSet]]:
     """Write ``<prefix>_{recordings,supervisions}_<part>.jsonl.gz`` for each part.
 
@@ -172,6 +218,7 @@ def prepare_librispeech_manifests(
         on_bad_audio: ``"error"`` (default) or ``"skip"`` (count, log and list).
         num_jobs: threads that read audio headers.
         text_norm: transcript normalisation, ``upper`` (default) or ``none``.
+        validate_audio: ``header`` (read each file's header) or ``full`` (decode it).
     Returns:
         part -> (recordings, supervisions) for the parts prepared in this call.
     """
@@ -193,7 +240,17 @@ def prepare_librispeech_manifests(
             on_bad_audio=on_bad_audio,
             num_jobs=num_jobs,
             text_norm=text_norm,
+            validate_audio=validate_audio,
         )
+        unused = untranscribed_audio(part_dir)
+        if unused:
+            unused_list = output_dir / f"{prefix}_no_transcript_{part}.txt"
+            with atomic_path(unused_list) as tmp:
+                tmp.write_text("".join(f"{p}\n" for p in unused))
+            logging.warning(
+                f"{part}: {len(unused)} audio file(s) have no transcript line and are not "
+                f"used, see {unused_list}"
+            )
         bad_list = output_dir / f"{prefix}_bad_audio_{part}.txt"
         if skipped:
             with atomic_path(bad_list) as tmp:
