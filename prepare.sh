@@ -30,31 +30,26 @@
 #      -> <data-dir>/nbest/<prefix>_cuts_<part>.jsonl.gz (beside the transcripts, which
 #      stay as they are; sharded and resumable)
 #
-# Outputs go to --data-dir (default data/<prefix>: data/synth, data/librispeech): manifests/, fbank/, lang_bpe_<N>/, mvq/,
-# nbest/.
+# Outputs go to --data-dir (default data/<prefix>: data/synth, data/librispeech):
+# manifests/, fbank/, lang_bpe_<N>/, mvq/, nbest/. --parts: a part that is not among the
+# recipe's is a training part when its name starts with "train", else an evaluation part.
 set -euo pipefail
 
 corpus=synth            # synth | librispeech | lhotse (the lhotse manifests of any corpus)
 stage=0                 # first stage to run
 stop_stage=4            # last stage to run (5-7: MVQ, need a teacher)
 dl_dir=download         # where corpora are (or will be) downloaded
-data_dir=               # default: data/$corpus
+data_dir=               # default: data/<prefix> (data/synth, data/librispeech)
 nj=2                    # parallel jobs
 vocab_size=500          # BPE vocabulary size
 speed_perturb=false     # add 0.9x and 1.1x copies of the training parts
 musan=false             # prepare MUSAN for noise mixing (librispeech recipes)
-skip_bad_audio=false    # skip unreadable audio (stages 1-2) instead of stopping: counted and
-                        # listed in manifests/ and fbank/<prefix>_bad_audio_<part>.txt
-validate_audio=         # stage 1: full (decode every file: finds truncated ones) | header
-                        # (default: header for synth, which it wrote itself; full otherwise)
-text_norm=upper         # transcripts: upper (upper case, punctuation removed; the original
-                        # is kept in the supervision's custom orig_text) | none (as is)
+skip_bad_audio=false    # stages 1-2: skip and list bad audio (<prefix>_bad_audio_<part>.txt)
+validate_audio=         # stage 1: full (decode each file) | header (default: synth header, else full)
+text_norm=upper         # transcripts: upper (upper case, no punctuation) | none (as written)
 full_libri=false        # librispeech: add train-clean-360 and train-other-500
-unlabeled_libri=        # librispeech: parts prepared without transcripts, for KD on unlabeled
-                        # audio (e.g. "train-clean-360 train-other-500" with --full-libri false)
-parts=                  # prepare only these parts (default: all the recipe's parts), e.g.
-                        # "dev-clean test-clean"; a part not among the recipe's is a training
-                        # part when its name starts with "train", else an evaluation part
+unlabeled_libri=        # librispeech: parts without transcripts, e.g. "train-clean-360 train-other-500"
+parts=                  # only these parts, e.g. "dev-clean test-clean" (default: the recipe's)
 librispeech_url=https://www.openslr.org/resources/12  # archives of missing parts (or a mirror)
 # --corpus lhotse: your own corpus as lhotse manifests
 src_manifest_dir=       # folder of <prefix>_{recordings,supervisions}_<part>.jsonl.gz
