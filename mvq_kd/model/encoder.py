@@ -172,7 +172,8 @@ def attention_mask(pattern: Tensor, lens: Tensor) -> Tensor:
     itself, so no row is empty (rows of padding queries could be otherwise)."""
     t = pattern.size(0)
     mask = pattern[None] & valid_mask(lens, t)[:, None, :]
-    mask = mask | torch.eye(t, dtype=torch.bool, device=pattern.device)
+    idx = torch.arange(t, device=pattern.device)
+    mask = mask | (idx[:, None] == idx[None, :])  # not torch.eye: ONNX Runtime lacks bool EyeLike
     return mask.unsqueeze(1)
 
 
