@@ -184,8 +184,11 @@ def main() -> None:
     latency = ""
     if cfg.causal:
         latency = f"{cfg.chunk_size * ENCODER_FRAME_SHIFT * 1000 + 30:.0f} ms"
-    print(f"\n{name}: {params:.2f} M parameters, {len(inputs)} utterances, {audio:.1f} s of audio, "
-          f"{args.threads} thread(s); streaming latency (chunk + right context): {latency or 'n/a'}")  # fmt: skip
+    print(
+        f"\n{name}: {params:.2f} M parameters, {len(inputs)} utterances, {audio:.1f} s of "
+        f"audio, {args.threads} thread(s); streaming latency (chunk + right context): "
+        f"{latency or 'n/a'}"
+    )
     print(
         f"ONNX size on disk: fp32 {size['fp32'] / 1e6:.2f} MB, int8 {size['int8'] / 1e6:.2f} MB\n"
     )
