@@ -20,7 +20,8 @@ from tests.conftest import REPO
 
 
 def discover_programs() -> List[Path]:
-    found = [REPO / "train.py", REPO / "decode.py", *sorted((REPO / "local").glob("*.py"))]
+    top = [REPO / n for n in ("train.py", "decode.py", "export.py", "onnx_pretrained.py")]
+    found = [*top, *sorted((REPO / "local").glob("*.py"))]
     found += [p for p in sorted((REPO / "egs").rglob("*.py")) if "def get_parser" in p.read_text()]
     return found
 
