@@ -457,6 +457,21 @@ def effects_decode(ns, world: World):
     yield reads, []
 
 
+def effects_export(ns, world: World):
+    out = ns.out_dir or f"{ns.exp_dir}/onnx"
+    graphs = ["encoder", "decoder", "joiner"]
+    if ns.int8:
+        graphs += [f"{g}.int8" for g in graphs]
+    makes = [f"{out}/{g}.onnx" for g in graphs] + [f"{out}/tokens.txt", f"{out}/config.json"]
+    yield checkpoints(ns.exp_dir, ns.epoch, ns.avg) + [ns.bpe_model], makes
+
+
+def effects_onnx_pretrained(ns, world: World):
+    suffix = ".int8.onnx" if ns.int8 else ".onnx"
+    graphs = [f"{ns.model_dir}/{g}{suffix}" for g in ("encoder", "decoder", "joiner")]
+    yield graphs + [f"{ns.model_dir}/tokens.txt"] + [str(f) for f in ns.files], []
+
+
 def effects_codebook_indexes(ns, world: World):
     cuts = lambda d: [f"{d}/{ns.prefix}_cuts_{p}.jsonl.gz" for p in ns.parts]  # noqa: E731
     reads = cuts(ns.manifest_dir) + [ns.quantizer]
@@ -553,6 +568,8 @@ def effects_synth_run(v, world: World):
 PYTHON_EFFECTS = {
     "train.py": effects_train,
     "decode.py": effects_decode,
+    "export.py": effects_export,
+    "onnx_pretrained.py": effects_onnx_pretrained,
     "local/compute_codebook_indexes.py": effects_codebook_indexes,
     "local/run_experiments.py": effects_driver,
 }
