@@ -106,7 +106,9 @@ class OnnxStreamingEncoder(nn.Module):
         for i, layer in enumerate(self.encoder.layers):
             h = h + 0.5 * layer.ff1(h)
             attn = layer.attn
-            q, k, v = attn.in_proj(layer.norm_attn(h)).view(n, c, 3, heads, dh).permute(2, 0, 3, 1, 4)
+            q, k, v = (
+                attn.in_proj(layer.norm_attn(h)).view(n, c, 3, heads, dh).permute(2, 0, 3, 1, 4)
+            )
             k_all = torch.cat([cached_key[i], k], dim=2)
             v_all = torch.cat([cached_value[i], v], dim=2)
             a = F.scaled_dot_product_attention(
@@ -130,7 +132,9 @@ class OnnxStreamingEncoder(nn.Module):
         return {
             "cached_key": torch.zeros(kv),
             "cached_value": torch.zeros(kv),
-            "cached_conv": torch.zeros(cfg.num_layers, batch_size, cfg.d_model, cfg.conv_kernel - 1),
+            "cached_conv": torch.zeros(
+                cfg.num_layers, batch_size, cfg.d_model, cfg.conv_kernel - 1
+            ),
             "processed": torch.zeros(batch_size, dtype=torch.int64),
         }
 
