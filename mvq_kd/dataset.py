@@ -21,7 +21,7 @@ from torch import Tensor
 from mvq_kd.cli import option
 from mvq_kd.fields import SAMPLE_RATE
 from mvq_kd.model.encoder import FBANK_FRAME_SHIFT, ConformerEncoder
-from mvq_kd.utils import atomic_path
+from mvq_kd.utils import write_lines
 
 
 class AsrDataset(torch.utils.data.Dataset):
@@ -426,8 +426,7 @@ class CutFilter:
 
     def write(self, path: Path) -> None:
         """The dropped cuts, one ``<cut id> <reason>`` line each."""
-        with atomic_path(path) as tmp:
-            tmp.write_text("".join(line + "\n" for line in self.dropped))
+        write_lines(path, self.dropped)
 
     def _drop(self, cut, kind: str, why: str) -> bool:
         self.num_dropped[kind] += 1

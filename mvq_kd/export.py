@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from mvq_kd.model.encoder import SUBSAMPLING_FACTOR, SUBSAMPLING_RIGHT_CONTEXT, ConformerEncoder
 from mvq_kd.model.transducer import Transducer
-from mvq_kd.utils import Pathlike, atomic_path
+from mvq_kd.utils import Pathlike, atomic_path, write_lines
 
 OPSET = 18
 
@@ -311,8 +311,7 @@ def export_onnx(
         if int8:
             files[f"{name}.int8"] = out_dir / f"{name}.int8.onnx"
             quantize_int8(path, files[f"{name}.int8"])
-    with atomic_path(out_dir / "tokens.txt") as tmp:
-        tmp.write_text("".join(f"{piece} {i}\n" for i, piece in sorted(tokens.items())))
+    write_lines(out_dir / "tokens.txt", (f"{piece} {i}" for i, piece in sorted(tokens.items())))
     with atomic_path(out_dir / "config.json") as tmp:
         tmp.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     files["tokens"], files["config"] = out_dir / "tokens.txt", out_dir / "config.json"

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Iterator, List, Optional, Union
+from typing import Iterable, Iterator, List, Optional, Union
 
 Pathlike = Union[str, os.PathLike]
 
@@ -28,6 +28,12 @@ def atomic_path(path: Pathlike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_lines(path: Pathlike, lines: Iterable[str]) -> None:
+    """Write ``lines`` to ``path`` atomically, each ended by a newline."""
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(f"{line}\n" for line in lines))
 
 
 def setup_logging(verbose: bool = False, log_file: Optional[Path] = None) -> None:

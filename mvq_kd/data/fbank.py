@@ -25,7 +25,7 @@ from lhotse.utils import fastcopy
 
 from mvq_kd.data.librispeech import BadAudioError, audio_error_cause
 from mvq_kd.fields import SAMPLE_RATE, cuts_path
-from mvq_kd.utils import Pathlike, atomic_path
+from mvq_kd.utils import Pathlike, atomic_path, write_lines
 
 
 def _extract_shard(args: Tuple[CutSet, Path, int, bool]) -> Tuple[CutSet, List[str]]:
@@ -131,8 +131,7 @@ def compute_fbank(
     bad = [message for _, shard_bad in results for message in shard_bad]
     if bad:
         bad_list = output_dir / f"{prefix}_bad_audio_{part}.txt"
-        with atomic_path(bad_list) as tmp:
-            tmp.write_text("".join(f"{m}\n" for m in bad))
+        write_lines(bad_list, bad)
         logging.warning(f"{part}: skipped {len(bad)} cut(s) whose audio does not decode, see {bad_list}")
     tmp_dir.rename(final_dir)
 

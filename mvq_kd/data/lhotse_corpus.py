@@ -33,9 +33,10 @@ from mvq_kd.data.librispeech import (
     EmptyTranscriptError,
     check_audio,
     manifest_paths,
+    write_part_manifests,
 )
 from mvq_kd.data.text import normalize_text
-from mvq_kd.utils import Pathlike, atomic_path
+from mvq_kd.utils import Pathlike
 
 _SUFFIXES = (".jsonl.gz", ".jsonl", ".json.gz", ".json")
 
@@ -167,16 +168,6 @@ def import_lhotse_manifests(
         recs, sups, skipped = import_part(
             src_dir, prefix, part, part not in unlabeled, text_norm, on_bad_audio, validate_audio
         )
-        if skipped:
-            bad_list = output_dir / f"{prefix}_bad_audio_{part}.txt"
-            with atomic_path(bad_list) as tmp:
-                tmp.write_text("\n".join(skipped) + "\n")
-            logging.warning(f"{part}: skipped {len(skipped)} recording(s), see {bad_list}")
-        with atomic_path(sup_path) as tmp:
-            sups.to_file(tmp)
-        with atomic_path(rec_path) as tmp:
-            recs.to_file(tmp)
-        hours = sum(r.duration for r in recs) / 3600
-        logging.info(f"{part}: {len(recs)} recordings, {len(sups)} supervisions, {hours:.2f} h")
+        write_part_manifests(output_dir, prefix, part, recs, sups, skipped)
         result[part] = (recs, sups)
     return result

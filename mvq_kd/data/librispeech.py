@@ -28,7 +28,7 @@ from lhotse import Recording, RecordingSet, SupervisionSegment, SupervisionSet
 from lhotse.qa import fix_manifests, validate_recordings_and_supervisions
 
 from mvq_kd.data.text import normalize_text
-from mvq_kd.utils import Pathlike, atomic_path
+from mvq_kd.utils import Pathlike, atomic_path, write_lines
 
 
 class BadAudioError(RuntimeError):
@@ -245,23 +245,38 @@ def prepare_librispeech_manifests(
         unused = untranscribed_audio(part_dir)
         if unused:
             unused_list = output_dir / f"{prefix}_no_transcript_{part}.txt"
-            with atomic_path(unused_list) as tmp:
-                tmp.write_text("".join(f"{p}\n" for p in unused))
+            write_lines(unused_list, map(str, unused))
             logging.warning(
                 f"{part}: {len(unused)} audio file(s) have no transcript line and are not "
                 f"used, see {unused_list}"
             )
-        bad_list = output_dir / f"{prefix}_bad_audio_{part}.txt"
-        if skipped:
-            with atomic_path(bad_list) as tmp:
-                tmp.write_text("\n".join(skipped) + "\n")
-            logging.warning(f"{part}: skipped {len(skipped)} bad audio file(s), see {bad_list}")
-        # Supervisions first, recordings last: the recordings file marks completion.
-        with atomic_path(sup_path) as tmp:
-            sups.to_file(tmp)
-        with atomic_path(rec_path) as tmp:
-            recs.to_file(tmp)
-        hours = sum(r.duration for r in recs) / 3600
-        logging.info(f"{part}: {len(recs)} recordings, {hours:.2f} h -> {rec_path}")
+        write_part_manifests(output_dir, prefix, part, recs, sups, skipped)
         result[part] = (recs, sups)
     return result
+
+
+def write_part_manifests(
+    output_dir: Path,
+    prefix: str,
+    part: str,
+    recordings: RecordingSet,
+    supervisions: SupervisionSet,
+    skipped: List[str],
+) -> None:
+    """Write a part's manifests (:func:`manifest_paths`) and, when files were skipped,
+    ``<prefix>_bad_audio_<part>.txt`` listing why. Supervisions first, recordings last:
+    the recordings file marks the part as done."""
+    rec_path, sup_path = manifest_paths(output_dir, prefix, part)
+    if skipped:
+        bad_list = output_dir / f"{prefix}_bad_audio_{part}.txt"
+        write_lines(bad_list, skipped)
+        logging.warning(f"{part}: skipped {len(skipped)} bad audio file(s), see {bad_list}")
+    with atomic_path(sup_path) as tmp:
+        supervisions.to_file(tmp)
+    with atomic_path(rec_path) as tmp:
+        recordings.to_file(tmp)
+    hours = sum(r.duration for r in recordings) / 3600
+    logging.info(
+        f"{part}: {len(recordings)} recordings, {len(supervisions)} supervisions, "
+        f"{hours:.2f} h -> {rec_path}"
+    )
