@@ -21,9 +21,8 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
+from mvq_kd.fields import SAMPLE_RATE
 from mvq_kd.utils import Pathlike
-
-SAMPLE_RATE = 16000
 
 
 def load_fbank(path: Pathlike, num_mel_bins: int = 80) -> np.ndarray:
@@ -86,7 +85,6 @@ class OnnxTransducer:
             self.chunk_size = int(meta["chunk_size"])
             self.chunk_frames = int(meta["chunk_frames"])
             self.chunk_shift = int(meta["chunk_shift"])
-            self.left_context = int(meta["left_context"])
         self.tokens: Dict[int, str] = {}
         for line in (model_dir / "tokens.txt").read_text().splitlines():
             piece, idx = line.rsplit(" ", 1)
