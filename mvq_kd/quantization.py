@@ -38,6 +38,7 @@ from mvq_kd.cli import option
 from mvq_kd.utils import atomic_path
 
 CODEBOOK_SIZE = 256  # one byte per codebook index
+MIN_STOP_FRAMES = 100  # fewer held-out frames than this: the training error decides
 
 
 @dataclass
@@ -47,7 +48,13 @@ class QuantizerConfig:
     Attributes:
         num_codebooks: ``N``, bytes per frame.
         kmeans_iters: Lloyd iterations per codebook of the residual k-means start.
-        train_iters: rounds of (encode, least-squares codebook update).
+        train_iters: at most this many rounds of (least-squares codebook update, encode).
+        stop_fraction: fraction of the training frames held out for the stopping rule:
+            after every round their error under the from-scratch encoder (as new data
+            will be encoded) is measured; the best codebooks are kept and training stops
+            at the first round that lowers it by less than ``stop_tol`` (relative).
+            0: no frames held out, the training error decides instead.
+        stop_tol: relative held-out improvement a round must bring to go on.
         refine_iters: ICM passes after the initial assignment, in training and in
             :meth:`Quantizer.encode`.
         beam: partial sums kept per frame by the initial residual assignment (1 =
@@ -55,12 +62,16 @@ class QuantizerConfig:
         ridge: ridge regularisation of the least-squares update, relative to the mean
             squared norm of the data (keeps rarely used entries in place).
         chunk_frames: frames encoded at once (bounds memory: ``chunk * K`` distances).
-        seed: k-means initialisation.
+        seed: k-means initialisation and the held-out split.
     """
 
     num_codebooks: int = option(8, "bytes per teacher frame")
     kmeans_iters: int = 15
-    train_iters: int = option(8, "rounds of (encode, least-squares codebook update)")
+    train_iters: int = option(8, "at most this many rounds of (codebook update, encode)")
+    stop_fraction: float = option(
+        0.05, "training frames held out to decide when to stop (0: the training error decides)"
+    )
+    stop_tol: float = option(1e-3, "relative held-out improvement a round must bring to go on")
     refine_iters: int = option(3, "ICM passes after the initial assignment")
     beam: int = option(4, "partial sums kept per frame by the initial assignment (1: greedy)")
     ridge: float = 1e-3
@@ -74,6 +85,8 @@ class QuantizerConfig:
             raise ValueError("train_iters/refine_iters must be >= 0 and kmeans_iters >= 1")
         if self.beam < 1:
             raise ValueError(f"beam must be >= 1, got {self.beam}")
+        if not 0.0 <= self.stop_fraction < 0.5:
+            raise ValueError(f"stop_fraction must be in [0, 0.5), got {self.stop_fraction}")
 
 
 class Quantizer(nn.Module):
@@ -294,6 +307,11 @@ def train_quantizer(
     x = x.float()
     gen = torch.Generator().manual_seed(cfg.seed)
     t0 = time.time()
+    n_stop = int(x.size(0) * cfg.stop_fraction)
+    if n_stop < MIN_STOP_FRAMES or x.size(0) - n_stop < CODEBOOK_SIZE:
+        n_stop = 0  # too few frames to hold any out: the training error decides
+    perm = torch.randperm(x.size(0), generator=gen).to(x.device)
+    stop_x, x = x[perm[:n_stop]], x[perm[n_stop:]]
     mean = x.mean(0)
     r = x - mean
     books = []
@@ -304,37 +322,54 @@ def train_quantizer(
         res -= c[_sq_dist_argmin(res, c, c.pow(2).sum(-1))]
     codebooks = torch.stack(books)
 
-    def encode_all(books: Tensor) -> Tensor:
+    def encode_all(books: Tensor, frames: Tensor) -> Tensor:
         return torch.cat(
             [
-                _encode(r[s : s + cfg.chunk_frames], books, cfg.refine_iters, cfg.beam)
-                for s in range(0, r.size(0), cfg.chunk_frames)
+                _encode(frames[s : s + cfg.chunk_frames], books, cfg.refine_iters, cfg.beam)
+                for s in range(0, frames.size(0), cfg.chunk_frames)
             ]
         )
 
-    def log_round(name: str, err: float) -> None:
-        msg = f"quantizer {name}: train rel. error {err:.4f}"
+    def error(books: Tensor, frames: Tensor, idx: Optional[Tensor] = None) -> float:
+        """Relative error of centred frames; encoded from scratch unless idx is given."""
+        idx = encode_all(books, frames) if idx is None else idx
+        return float((frames - _decode_centred(books, idx)).pow(2).sum() / frames.pow(2).sum())
+
+    def log_round(name: str, train_err: float, stop_err: Optional[float]) -> None:
+        msg = f"quantizer {name}: train rel. error {train_err:.4f}"
+        if stop_err is not None:
+            msg += f", stopping-rule frames {stop_err:.4f}"
         if valid is not None:
             q = Quantizer(codebooks, mean, cfg.refine_iters, cfg.beam)
             msg += f", held-out {q.relative_error(valid):.4f}"
         logging.info(msg + f" ({time.time() - t0:.1f} s)")
 
-    denom = float(r.pow(2).sum())
-    idx = encode_all(codebooks)
-    err = float((r - _decode_centred(codebooks, idx)).pow(2).sum()) / denom
-    log_round("residual k-means", err)
-    # Alternate: least-squares codebooks for the current indexes, re-encode. The
-    # encoder starts from scratch (as it will on new data), so an update can make the
-    # error worse: keep the best codebooks and stop when it no longer improves.
+    stop_r = stop_x - mean
+    idx = encode_all(codebooks, r)
+    err = error(codebooks, r, idx)
+    stop_err = error(codebooks, stop_r) if n_stop else None
+    log_round("residual k-means", err, stop_err)
+    # Alternate: least-squares codebooks for the current indexes, re-encode. What counts
+    # is the error of new data under the from-scratch encoder: a round is kept when it
+    # lowers the error of the held-out stopping-rule frames (or, without them, of the
+    # training frames) by at least stop_tol, else training stops with the best codebooks.
     for it in range(cfg.train_iters):
         candidate = _least_squares_codebooks(r, idx, CODEBOOK_SIZE, cfg.ridge)
-        new_idx = encode_all(candidate)
-        new_err = float((r - _decode_centred(candidate, new_idx)).pow(2).sum()) / denom
-        if new_err >= err:
-            logging.info(f"quantizer round {it + 1}: error {new_err:.4f} >= {err:.4f}, stopping")
+        new_idx = encode_all(candidate, r)
+        new_err = error(candidate, r, new_idx)
+        new_stop = error(candidate, stop_r) if n_stop else None
+        old, new = (stop_err, new_stop) if n_stop else (err, new_err)
+        if new > old * (1.0 - cfg.stop_tol):
+            if new < old:
+                codebooks, idx, err, stop_err = candidate, new_idx, new_err, new_stop
+            which = "stopping-rule" if n_stop else "training"
+            logging.info(
+                f"quantizer round {it + 1}: {which} error {new:.4f} against {old:.4f}, "
+                f"less than {cfg.stop_tol:g} better: stopping"
+            )
             break
-        codebooks, idx, err = candidate, new_idx, new_err
-        log_round(f"round {it + 1}/{cfg.train_iters}", err)
+        codebooks, idx, err, stop_err = candidate, new_idx, new_err, new_stop
+        log_round(f"round {it + 1}/{cfg.train_iters}", err, stop_err)
     return Quantizer(codebooks, mean, cfg.refine_iters, cfg.beam)
 
 

@@ -1,5 +1,8 @@
 """Multi-codebook quantizer: shapes, dtype, error, save/load with the id check."""
 
+import logging
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -78,3 +81,51 @@ def test_bad_input():
         q.encode(torch.randn(3, 5))
     with pytest.raises(ValueError, match="2 indexes"):
         q.decode(torch.zeros(3, 3, dtype=torch.uint8))
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_quantizer_files_of_earlier_versions_still_load():
+    """A quantizer saved by the code of 2026-12 (before the stopping rule) loads with its
+    id and encodes as it did: manifests made with it stay valid."""
+    q = Quantizer.load(DATA / "quantizer-2026-12.pt", expected_id="0a61a5aa92380fe1")
+    probe = torch.load(DATA / "quantizer-2026-12-probe.pt", weights_only=True)
+    assert torch.equal(q.encode(probe["frames"]), probe["indexes"])
+
+
+def test_stopping_rule_keeps_the_codebooks_that_generalise(caplog):
+    """Few frames for many entries: least-squares rounds overfit the training frames.
+    The held-out stopping rule stops early and keeps codebooks at least as good on new
+    frames as training all rounds on the training error."""
+    x, valid = clustered_data(1200, 24, seed=2), clustered_data(1000, 24, seed=3)
+    cfg = dict(train_iters=6, stop_tol=0.0)
+    with caplog.at_level(logging.INFO):
+        ruled = train_quantizer(x, 4, QuantizerConfig(stop_fraction=0.2, **cfg))
+    rounds = [r.getMessage() for r in caplog.records if "quantizer round" in r.getMessage()]
+    assert "stopping-rule error" in rounds[-1] and "stopping" in rounds[-1]
+    assert len(rounds) < 6
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        unruled = train_quantizer(x, 4, QuantizerConfig(stop_fraction=0.0, **cfg))
+    assert not any("stopping-rule" in r.getMessage() for r in caplog.records)
+    assert ruled.relative_error(valid) <= unruled.relative_error(valid) + 1e-4
+
+
+def test_stopping_rule_needs_enough_frames():
+    """Too few frames to hold any out: the training error decides, nothing fails."""
+    q = train_quantizer(clustered_data(300, 8), 2, QuantizerConfig(train_iters=2))
+    assert q.relative_error(clustered_data(300, 8, seed=5)) < 1.0
+    with pytest.raises(ValueError, match="stop_fraction"):
+        QuantizerConfig(stop_fraction=0.6)
+
+
+def test_dimension_1280():
+    """HuBERT-XL's dimension: train, encode, decode, save and load."""
+    g = torch.Generator().manual_seed(0)
+    basis = torch.randn(16, 1280, generator=g)
+    x = torch.randn(1500, 16, generator=g) @ basis + 0.3 * torch.randn(1500, 1280, generator=g)
+    q = train_quantizer(x[:1200], 4, QuantizerConfig(train_iters=1, kmeans_iters=3))
+    idx = q.encode(x[1200:])
+    assert idx.shape == (300, 4) and q.decode(idx).shape == (300, 1280)
+    assert q.relative_error(x[1200:]) < 0.9
