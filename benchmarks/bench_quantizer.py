@@ -54,14 +54,21 @@ def rel_error(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     return float((x_hat - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def bench_ours(train: torch.Tensor, valid: torch.Tensor, n: int, cfg: QuantizerConfig):
     t0 = time.time()
     q = train_quantizer(train, n, cfg)
+    _sync(train.device)
     train_s = time.time() - t0
     t0 = time.time()
     idx = q.encode(valid)
+    _sync(train.device)
     enc_s = time.time() - t0
-    return rel_error(valid, q.decode(idx)), train_s, valid.size(0) / enc_s, idx
+    return rel_error(valid, q.decode(idx)), train_s, valid.size(0) / enc_s, idx.cpu()
 
 
 def bench_reference(train: torch.Tensor, valid: torch.Tensor, n: int, iters: int, seed: int):
@@ -71,16 +78,18 @@ def bench_reference(train: torch.Tensor, valid: torch.Tensor, n: int, iters: int
     torch.manual_seed(seed)
     t0 = time.time()
     trainer = multi_quantization.QuantizerTrainer(
-        dim=train.size(1), bytes_per_frame=n, device=torch.device("cpu"),
+        dim=train.size(1), bytes_per_frame=n, device=train.device,
         phase_one_iters=iters, phase_two_iters=iters,
     )  # fmt: skip
     while not trainer.done():
-        trainer.step(train[torch.randint(0, train.size(0), (512,), generator=g)])
+        trainer.step(train[torch.randint(0, train.size(0), (512,), generator=g).to(train.device)])
     q = trainer.get_quantizer()
+    _sync(train.device)
     train_s = time.time() - t0
     with torch.no_grad():
         t0 = time.time()
         idx = q.encode(valid)
+        _sync(train.device)
         enc_s = time.time() - t0
         err = rel_error(valid, q.decode(idx))
     return err, train_s, valid.size(0) / enc_s
@@ -156,6 +165,7 @@ def main() -> None:
     p.add_argument("--table", type=Path, help="print the table of this results file and exit")
     p.add_argument("--frames-per-utt", type=int, default=250, help="storage table utterances")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (both quantizers run there)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     if args.table:
@@ -169,7 +179,9 @@ def main() -> None:
     threads = torch.get_num_threads()
     done = read_rows(args.results)
     rows: List[Dict] = []
+    device = torch.device(args.device)
     for name, train, valid in families(args):
+        train, valid = train.to(device), valid.to(device)
         print(f"{name}: dim {train.size(1)}, {train.size(0)} train and {valid.size(0)} held-out "
               f"frames; {threads} threads", flush=True)  # fmt: skip
         idx_by_n = {}
@@ -179,6 +191,8 @@ def main() -> None:
                     continue
                 row = {"family": name, "dim": train.size(1), "bytes": n, "quantizer": quantizer,
                        "threads": threads, "seed": args.seed}  # fmt: skip
+                if device.type != "cpu":
+                    row["device"] = torch.cuda.get_device_name(device)
                 if quantizer == "ours":
                     err, tr, fps, idx_by_n[n] = bench_ours(
                         train, valid, n, QuantizerConfig(seed=args.seed)
@@ -202,7 +216,7 @@ def main() -> None:
                         f.write(json.dumps(row) + "\n")
         if args.embeddings and idx_by_n and name in {p.stem for p in args.embeddings}:
             print("\n| stored per teacher frame | bytes on disk | target |\n|---|---|---|")
-            emb16 = valid.half().numpy()
+            emb16 = valid.half().cpu().numpy()
             for n, idx in idx_by_n.items():
                 idx_b, emb_b = storage_per_frame(idx.numpy(), emb16, args.frames_per_utt)
                 ok = "yes" if idx_b <= 1.1 * n else "no"

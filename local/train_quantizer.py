@@ -4,8 +4,9 @@
     local/train_quantizer.py --embeddings data/synth/mvq/embeddings.pt \
         --num-codebooks 8 --output data/synth/mvq/quantizer.pt
 
-10% of the frames are held out and their relative reconstruction error is logged.
-Skipped when the output exists.
+10% of the frames are held out and their relative reconstruction error is logged;
+of the rest, ``--stop-fraction`` decide when training stops (see
+``mvq_kd.quantization.QuantizerConfig``). Skipped when the output exists.
 """
 
 import argparse

@@ -98,8 +98,8 @@ def test_stopping_rule_keeps_the_codebooks_that_generalise(caplog):
     """Few frames for many entries: least-squares rounds overfit the training frames.
     The held-out stopping rule stops early and keeps codebooks at least as good on new
     frames as training all rounds on the training error."""
-    x, valid = clustered_data(1200, 24, seed=2), clustered_data(1000, 24, seed=3)
-    cfg = dict(train_iters=6, stop_tol=0.0)
+    x, valid = clustered_data(800, 24, seed=2), clustered_data(1000, 24, seed=3)
+    cfg = dict(train_iters=6, stop_tol=0.0, ridge=1e-3)  # hardly any shrinkage
     with caplog.at_level(logging.INFO):
         ruled = train_quantizer(x, 4, QuantizerConfig(stop_fraction=0.2, **cfg))
     rounds = [r.getMessage() for r in caplog.records if "quantizer round" in r.getMessage()]
@@ -109,7 +109,7 @@ def test_stopping_rule_keeps_the_codebooks_that_generalise(caplog):
     with caplog.at_level(logging.INFO):
         unruled = train_quantizer(x, 4, QuantizerConfig(stop_fraction=0.0, **cfg))
     assert not any("stopping-rule" in r.getMessage() for r in caplog.records)
-    assert ruled.relative_error(valid) <= unruled.relative_error(valid) + 1e-4
+    assert ruled.relative_error(valid) < 0.8 * unruled.relative_error(valid)
 
 
 def test_stopping_rule_needs_enough_frames():
