@@ -279,11 +279,13 @@ def _least_squares_codebooks(x: Tensor, idx: Tensor, k: int, ridge: float) -> Te
     d = x.size(1)
     flat = idx + torch.arange(n, device=idx.device) * k  # (F, N) column in the design
     gram = torch.zeros(n * k, n * k, dtype=torch.float64, device=x.device)
-    for a in range(n):
+    for a in range(n):  # block (a, b) of B^T B: how often entries i of a and j of b meet
         for b in range(a, n):
-            counts = torch.bincount(flat[:, a] * (n * k) + flat[:, b], minlength=(n * k) ** 2)
-            block = counts.view(n * k, n * k).to(torch.float64)
-            gram += block if a == b else block + block.t()
+            pairs = torch.bincount(idx[:, a] * k + idx[:, b], minlength=k * k)
+            block = pairs.view(k, k).to(torch.float64)
+            gram[a * k : (a + 1) * k, b * k : (b + 1) * k] = block
+            if a != b:
+                gram[b * k : (b + 1) * k, a * k : (a + 1) * k] = block.t()
     rhs = torch.zeros(n * k, d, dtype=torch.float64, device=x.device)
     x64 = x.to(torch.float64)
     for a in range(n):
