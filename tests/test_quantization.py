@@ -99,10 +99,10 @@ def test_stopping_rule_keeps_the_codebooks_that_generalise(caplog):
     The held-out stopping rule stops early and keeps codebooks at least as good on new
     frames as training all rounds on the training error."""
     x, valid = clustered_data(800, 24, seed=2), clustered_data(1000, 24, seed=3)
-    cfg = dict(train_iters=6, stop_tol=0.0, ridge=1e-3)  # hardly any shrinkage
+    cfg = dict(train_iters=6, stop_tol=0.0, ridge=(1e-3,))  # hardly any shrinkage
     with caplog.at_level(logging.INFO):
         ruled = train_quantizer(x, 4, QuantizerConfig(stop_fraction=0.2, **cfg))
-    rounds = [r.getMessage() for r in caplog.records if "quantizer round" in r.getMessage()]
+    rounds = [r.getMessage() for r in caplog.records if " round " in r.getMessage()]
     assert "stopping-rule error" in rounds[-1] and "stopping" in rounds[-1]
     assert len(rounds) < 6
     caplog.clear()
@@ -118,6 +118,24 @@ def test_stopping_rule_needs_enough_frames():
     assert q.relative_error(clustered_data(300, 8, seed=5)) < 1.0
     with pytest.raises(ValueError, match="stop_fraction"):
         QuantizerConfig(stop_fraction=0.6)
+    with pytest.raises(ValueError, match="ridge"):
+        QuantizerConfig(ridge=())
+
+
+def test_each_ridge_gets_its_rounds_and_the_held_out_frames_choose(caplog):
+    """Two shrinkage values: both series run from the same start and the one whose
+    stopping-rule error is lower is kept; one value alone gives that series' result."""
+    x = clustered_data(2500, 24, seed=4)
+    cfg = dict(train_iters=3, stop_fraction=0.1)
+    with caplog.at_level(logging.INFO):
+        both = train_quantizer(x, 4, QuantizerConfig(ridge=(0.01, 1.0), **cfg))
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any("ridge 0.01 round" in m for m in msgs) and any("ridge 1 round" in m for m in msgs)
+    chosen = [m for m in msgs if "chosen" in m]
+    assert len(chosen) == 1
+    ridge = float(chosen[0].split("ridge ")[1].split()[0])
+    alone = train_quantizer(x, 4, QuantizerConfig(ridge=(ridge,), **cfg))
+    assert torch.equal(both.codebooks, alone.codebooks)
 
 
 def test_dimension_1280():
