@@ -370,12 +370,13 @@ def train_quantizer(
     stop0 = error(codebooks, stop_r) if n_stop else None
     log_round("residual k-means", codebooks, err0, stop0)
 
-    def rounds(ridge: float) -> Tuple[Tensor, float, Optional[float]]:
+    def rounds(ridge: float) -> Tuple[Tensor, float]:
         """Alternate least-squares codebooks for the current indexes and re-encoding,
         from the k-means start. What counts is the error of new data under the
         from-scratch encoder: a round is kept when it lowers the error of the held-out
         stopping-rule frames (without them: of the training frames) by at least
-        stop_tol, else the rounds stop. Returns the best codebooks and their errors."""
+        stop_tol, else the rounds stop. Returns the best codebooks and the error that
+        decided (stopping-rule frames, else training frames)."""
         books, idx, err, stop_err = codebooks, idx0, err0, stop0
         for it in range(cfg.train_iters):
             candidate = _least_squares_codebooks(r, idx, CODEBOOK_SIZE, ridge)
@@ -394,15 +395,14 @@ def train_quantizer(
                 break
             books, idx, err, stop_err = candidate, new_idx, new_err, new_stop
             log_round(f"ridge {ridge:g} round {it + 1}/{cfg.train_iters}", books, err, stop_err)
-        return books, err, stop_err
+        return books, stop_err if n_stop else err
 
     # One series of rounds per ridge: how much shrinkage generalises depends on the data
     # (noisy families want more, a trained teacher's layers less); the held-out frames
     # (without them: the training frames) choose.
     best = None
     for ridge in cfg.ridge:
-        books, err, stop_err = rounds(ridge)
-        score = stop_err if n_stop else err
+        books, score = rounds(ridge)
         if best is None or score < best[0]:
             best = (score, ridge, books)
     if len(cfg.ridge) > 1:
