@@ -4,9 +4,10 @@
     local/train_quantizer.py --embeddings data/synth/mvq/embeddings.pt \
         --num-codebooks 8 --output data/synth/mvq/quantizer.pt
 
-10% of the frames are held out and their relative reconstruction error is logged;
-of the rest, ``--stop-fraction`` decide when training stops (see
-``mvq_kd.quantization.QuantizerConfig``). Skipped when the output exists.
+10% of the frames are held out and their relative reconstruction error is logged at
+the end; of the rest, ``--stop-fraction`` are held out to decide when training stops
+(their error is logged every round; see ``mvq_kd.quantization.QuantizerConfig``).
+Skipped when the output exists.
 """
 
 import argparse
@@ -50,7 +51,7 @@ def main(argv=None) -> None:
         f"frames of dim {x.size(1)} ({n_valid} held out)"
     )
     cfg = config_from_args(QuantizerConfig, args)
-    q = train_quantizer(x[n_valid:], cfg.num_codebooks, cfg, valid=x[:n_valid])
+    q = train_quantizer(x[n_valid:], cfg.num_codebooks, cfg)
     q.cpu().save(args.output)
     logging.info(
         f"Saved quantizer {q.id} to {args.output} "

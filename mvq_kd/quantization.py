@@ -305,15 +305,14 @@ def train_quantizer(
     x: Tensor,
     num_codebooks: int,
     config: Optional[QuantizerConfig] = None,
-    valid: Optional[Tensor] = None,
 ) -> Quantizer:
     """Train a quantizer of ``num_codebooks`` bytes per frame on x: (F, D) embeddings.
 
     Args:
         x: (F, D) training frames (any float dtype, CPU or CUDA; the work happens there).
         num_codebooks: N (overrides ``config.num_codebooks``).
-        config: see :class:`QuantizerConfig`.
-        valid: optional (F', D) held-out frames whose error is logged every round.
+        config: see :class:`QuantizerConfig`; its stopping-rule frames (held out of x)
+            are the held-out error logged every round.
 
     Returns:
         the trained :class:`Quantizer`, on x's device.
@@ -355,20 +354,17 @@ def train_quantizer(
         idx = encode_all(books, frames) if idx is None else idx
         return float((frames - _decode_centred(books, idx)).pow(2).sum() / frames.pow(2).sum())
 
-    def log_round(name: str, books: Tensor, train_err: float, stop_err: Optional[float]) -> None:
+    def log_round(name: str, train_err: float, stop_err: Optional[float]) -> None:
         msg = f"quantizer {name}: train rel. error {train_err:.4f}"
         if stop_err is not None:
             msg += f", stopping-rule frames {stop_err:.4f}"
-        if valid is not None:
-            q = Quantizer(books, mean, cfg.refine_iters, cfg.beam)
-            msg += f", held-out {q.relative_error(valid):.4f}"
         logging.info(msg + f" ({time.time() - t0:.1f} s)")
 
     stop_r = stop_x - mean
     idx0 = encode_all(codebooks, r)
     err0 = error(codebooks, r, idx0)
     stop0 = error(codebooks, stop_r) if n_stop else None
-    log_round("residual k-means", codebooks, err0, stop0)
+    log_round("residual k-means", err0, stop0)
 
     def rounds(ridge: float) -> Tuple[Tensor, float]:
         """Alternate least-squares codebooks for the current indexes and re-encoding,
@@ -394,7 +390,7 @@ def train_quantizer(
                 )
                 break
             books, idx, err, stop_err = candidate, new_idx, new_err, new_stop
-            log_round(f"ridge {ridge:g} round {it + 1}/{cfg.train_iters}", books, err, stop_err)
+            log_round(f"ridge {ridge:g} round {it + 1}/{cfg.train_iters}", err, stop_err)
         return books, stop_err if n_stop else err
 
     # One series of rounds per ridge: how much shrinkage generalises depends on the data
