@@ -145,3 +145,29 @@ def test_fbank_of_resampled_audio(tmp_path, tiny_data):
     sf.write(tmp_path / "stereo.wav", np.stack([audio, audio], 1), 16000)
     with pytest.raises(ValueError, match="2 channels"):
         load_fbank(tmp_path / "stereo.wav")
+
+
+def test_onnx_encoder_with_half_rate_layers(tmp_path):
+    """An encoder whose middle layers run at half the frame rate exports with dynamic
+    lengths: ONNX equals PyTorch on odd and even lengths and on a padded batch."""
+    import onnxruntime as ort
+
+    from mvq_kd.export import export_onnx
+    from mvq_kd.model import EncoderConfig, Transducer, TransducerConfig
+
+    torch.manual_seed(0)
+    enc = EncoderConfig(num_layers=4, d_model=32, num_heads=4, ffn_dim=64, conv_kernel=5,
+                        dropout=0.0, half_rate_layers=2)  # fmt: skip
+    model = Transducer(TransducerConfig(encoder=enc, vocab_size=8, decoder_dim=16, joiner_dim=16))
+    export_onnx(model, tmp_path, {i: f"t{i}" for i in range(8)})
+    sess = ort.InferenceSession(str(tmp_path / "encoder.onnx"))
+    x = torch.randn(2, 131, 80)
+    for lens in ([131, 131], [131, 90], [127, 64]):  # 31, 21, 30, 15 encoder frames
+        x_lens = torch.tensor(lens)
+        got, got_lens = sess.run(None, {"x": x.numpy(), "x_lens": x_lens.numpy()})
+        with torch.no_grad():
+            out = model.encoder(x, x_lens)
+            ref = model.joiner.encoder_proj(out.out).numpy()
+        assert got_lens.tolist() == out.out_lens.tolist()
+        for b, n in enumerate(out.out_lens.tolist()):
+            np.testing.assert_allclose(got[b, :n], ref[b, :n], atol=1e-4, rtol=0)

@@ -1,5 +1,6 @@
 """Tests of the Conformer encoder (masked and true streaming) and the transducer."""
 
+import dataclasses
 import json
 
 import pytest
@@ -13,6 +14,7 @@ from mvq_kd.model import (
     chunk_attention_mask,
     streaming_input_slices,
 )
+from mvq_kd.model.encoder import pair_mean
 
 NUM_FEATURES = 16
 
@@ -241,6 +243,49 @@ def test_padding_invariance(causal):
         assert torch.allclose(alone, out.out[b, : alone.size(0)], atol=1e-5)
 
 
+def test_pair_mean_keeps_padding_out():
+    h = torch.arange(2 * 5 * 1, dtype=torch.float32).view(2, 5, 1)
+    h[1, 3:] = 1e6  # padding of an utterance with 3 valid frames
+    means, lens = pair_mean(h, torch.tensor([5, 3]))
+    assert lens.tolist() == [3, 2]
+    assert means[0, :, 0].tolist() == [0.5, 2.5, 4.0]  # the odd last frame alone
+    assert means[1, :, 0].tolist() == [5.5, 7.0, 0.0]  # frame 7 alone, padding out
+
+
+def test_half_rate_layers_run_at_half_the_frames():
+    enc = make_encoder(causal=False, num_layers=4, half_rate_layers=2)
+    seen = []
+    for layer in enc.layers:
+        layer.register_forward_hook(lambda m, args, out: seen.append(args[0].size(1)))
+    x, x_lens = batch([90, 61, 33, 9])
+    res = enc(x, x_lens, return_qkv=True)
+    t = res.out.size(1)
+    assert seen == [t, (t + 1) // 2, (t + 1) // 2, t]  # layers 2-3 at half the frames
+    assert res.out_lens.tolist() == ConformerEncoder.output_lengths(x_lens).tolist()
+    assert all(h.shape == (4, t, 32) for h in res.layers)
+    assert all(z.shape == (4, 4, t, 8) for qkv in res.qkv for z in qkv)
+    assert torch.allclose(res.out, enc.norm_out(res.layers[-1]))
+    # Each frame pair of a half-rate layer shares its attention row.
+    q = res.qkv[1][0]
+    assert torch.equal(q[:, :, 0], q[:, :, 1]) and not torch.equal(q[:, :, 1], q[:, :, 2])
+    for b, n in enumerate([90, 61, 33, 9]):  # odd and even lengths: padding stays out
+        alone = enc(x[b : b + 1, :n], x_lens[b : b + 1]).out[0]
+        assert torch.allclose(alone, res.out[b, : alone.size(0)], atol=1e-5)
+    full_rate = make_encoder(causal=False, num_layers=4)
+    assert full_rate.state_dict().keys() == enc.state_dict().keys()  # the same parameters
+    full_rate.load_state_dict(enc.state_dict())
+    assert not torch.allclose(full_rate(x, x_lens).out, res.out)
+
+
+def test_half_rate_layers_config():
+    with pytest.raises(ValueError, match="non-causal"):
+        tiny_encoder_config(causal=True, num_layers=4, half_rate_layers=1)
+    with pytest.raises(ValueError, match="0..2"):
+        tiny_encoder_config(causal=False, num_layers=4, half_rate_layers=3)
+    with pytest.raises(ValueError, match="0..0"):
+        tiny_encoder_config(causal=False, num_layers=2, half_rate_layers=1)
+
+
 def test_eval_uses_config_context_and_training_samples_it():
     enc = make_encoder(causal=True, max_train_chunk_size=6, full_context_prob=0.3)
     x, x_lens = batch([100])
@@ -312,8 +357,17 @@ def test_transducer_loss_is_batch_sum():
     assert torch.allclose(res.pruned_loss, sum(p.pruned_loss for p in parts), rtol=1e-4)
 
 
-def test_training_reduces_loss():
+@pytest.mark.parametrize("half_rate_layers", [0, 1])
+def test_training_reduces_loss(half_rate_layers):
     model = tiny_transducer()
+    if half_rate_layers:
+        torch.manual_seed(0)
+        model = Transducer(
+            dataclasses.replace(
+                model.config,
+                encoder=tiny_encoder_config(False, num_layers=3, half_rate_layers=1),
+            )
+        )
     model.train()
     x, x_lens, y, y_lens = toy_batch()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -337,6 +391,9 @@ def test_config_dict_round_trip():
     assert rebuilt.num_params() == model.num_params() == sum(p.numel() for p in model.parameters())
     with pytest.raises(TypeError):
         TransducerConfig.from_dict({**d, "bogus": 1})
+    # Checkpoints written before an encoder option existed load with its default.
+    del d["encoder"]["half_rate_layers"]
+    assert TransducerConfig.from_dict(d) == model.config
 
 
 def test_ctc_head_is_optional_and_trained():

@@ -26,6 +26,12 @@ Design choices
   ``j >= (i // c) * c - L`` (``L = -1``: unlimited, ``c = -1``: full context).
   :meth:`ConformerEncoder.streaming_forward` computes the same thing chunk by chunk
   from raw fbank frames with caches.
+* **Half-rate middle layers** (``half_rate_layers = N``, non-causal encoders; in the
+  spirit of Zipformer's downsampled stacks): layers ``2 .. N + 1`` run at half the
+  frame rate (80 ms). Their input is the mean of each pair of valid frames; what they
+  add to it is repeated back to 40 ms and added to the full-rate stream, which the
+  remaining layers continue. Attention, convolution and feed-forward cost of those
+  layers halves; the output keeps the full frame rate.
 """
 
 from __future__ import annotations
@@ -60,7 +66,8 @@ class EncoderConfig:
     probability ``full_context_prob``, otherwise a chunk size uniform in
     ``1 .. max_train_chunk_size`` and a left context that is unlimited half of the
     time and otherwise uniform in ``0 .. left_context``. ``subsampling_channels`` is
-    the width of the 4x convolutional subsampling.
+    the width of the 4x convolutional subsampling. ``half_rate_layers`` middle layers
+    (from layer 2) run at half the frame rate (non-causal encoders only).
     """
 
     num_features: int = 80
@@ -79,6 +86,11 @@ class EncoderConfig:
     max_train_chunk_size: int = 32
     full_context_prob: float = 0.25
     subsampling_channels: int = option(64, "channels of the 4x convolutional subsampling")
+    half_rate_layers: int = option(
+        0,
+        "layers 2 .. N + 1 run at half the frame rate (80 ms), cutting their cost in half "
+        "(non-causal encoders; 0: every layer at 40 ms)",
+    )
 
     def __post_init__(self) -> None:
         if self.d_model % self.num_heads != 0:
@@ -95,6 +107,17 @@ class EncoderConfig:
             raise ValueError("left_context must be >= 0 or -1 (unlimited)")
         if self.max_train_chunk_size < 1:
             raise ValueError("max_train_chunk_size must be >= 1")
+        if not 0 <= self.half_rate_layers <= max(self.num_layers - 2, 0):
+            raise ValueError(
+                f"half_rate_layers must be in 0..{max(self.num_layers - 2, 0)} (the first and "
+                f"the last of the {self.num_layers} layers keep the full rate), got "
+                f"{self.half_rate_layers}"
+            )
+        if self.half_rate_layers and self.causal:
+            raise ValueError(
+                "half_rate_layers needs a non-causal encoder: streaming (causal=True) keeps "
+                "every layer at the full frame rate (use half_rate_layers 0)"
+            )
 
 
 @dataclass
@@ -105,10 +128,12 @@ class EncoderOutput:
         out: (B, T', D) the encoder output: the final LayerNorm of ``layers[-1]``.
         out_lens: (B,) int64 valid frames per utterance.
         layers: every layer's output (the residual stream, not normalised), each
-            (B, T', D); ``layers[0]`` is layer 1.
+            (B, T', D); ``layers[0]`` is layer 1. A half-rate layer's entry is the
+            full-rate stream plus what the half-rate layers added up to it.
         qkv: with ``return_qkv``, per layer ``(q, k, v)``, each (B, H, T', Dh); ``q``
             and ``k`` after the rotary embedding, so ``softmax(q k^T / sqrt(Dh))``
-            with the padding/chunk mask is the layer's attention map.
+            with the padding/chunk mask is the layer's attention map. A half-rate
+            layer's frames are repeated to T' (its map over frame pairs).
     """
 
     out: Tensor
@@ -175,6 +200,31 @@ def attention_mask(pattern: Tensor, lens: Tensor) -> Tensor:
     idx = torch.arange(t, device=pattern.device)
     mask = mask | (idx[:, None] == idx[None, :])  # not torch.eye: ONNX Runtime lacks bool EyeLike
     return mask.unsqueeze(1)
+
+
+def pair_mean(h: Tensor, lens: Tensor) -> Tuple[Tensor, Tensor]:
+    """Half the frame rate: the mean of each pair of valid frames.
+
+    Args:
+        h: (B, T, D) frames; those at and past ``lens`` are padding.
+        lens: (B,) int64 valid frames.
+
+    Returns:
+        (B, ceil(T / 2), D) pair means (an odd last valid frame alone; padding never
+        enters a valid pair) and the (B,) valid lengths ``ceil(lens / 2)``.
+    """
+    b, t, d = h.shape
+    t2 = (t + 1) // 2
+    w = F.pad(valid_mask(lens, t).to(h.dtype), (0, 2 * t2 - t))  # no branch: ONNX export
+    sums = (F.pad(h, (0, 0, 0, 2 * t2 - t)) * w.unsqueeze(-1)).view(b, t2, 2, d).sum(2)
+    counts = w.view(b, t2, 2).sum(2).clamp(min=1.0)
+    return sums / counts.unsqueeze(-1), (lens + 1) // 2
+
+
+def repeat_pairs(x: Tensor, num_frames: int, dim: int = 1) -> Tensor:
+    """Back to the full frame rate: each frame of ``x`` twice along ``dim``, cut to
+    ``num_frames`` (inverse of :func:`pair_mean`'s frame layout)."""
+    return x.repeat_interleave(2, dim=dim).narrow(dim, 0, num_frames)
 
 
 class Conv2dSubsampling(nn.Module):
@@ -393,7 +443,8 @@ class ConformerLayer(nn.Module):
 
 
 class ConformerEncoder(nn.Module):
-    """Conformer encoder: 4x conv subsampling, ``num_layers`` Conformer blocks, LayerNorm."""
+    """Conformer encoder: 4x conv subsampling, ``num_layers`` Conformer blocks (the
+    ``half_rate_layers`` after the first at half the frame rate), LayerNorm."""
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
@@ -465,10 +516,25 @@ class ConformerEncoder(nn.Module):
         out_lens = self.output_lengths(x_lens)
         pad_mask = ~valid_mask(out_lens, t)  # (B, T')
         mask = attention_mask(chunk_attention_mask(t, chunk_size, left_context, x.device), out_lens)
+        half = range(1, 1 + self.config.half_rate_layers)  # 0-based layer indexes
         layers: List[Tensor] = []
         qkvs: List[Tuple[Tensor, Tensor, Tensor]] = []
-        for layer in self.layers:
-            h, qkv, _ = layer(h, mask, pad_mask)
+        for i, layer in enumerate(self.layers):
+            if i not in half:
+                h, qkv, _ = layer(h, mask, pad_mask)
+            else:
+                if i == half[0]:
+                    d_in, lens2 = pair_mean(h, out_lens)
+                    t2, d = d_in.size(1), d_in
+                    pad2 = ~valid_mask(lens2, t2)
+                    mask2 = attention_mask(
+                        chunk_attention_mask(t2, -1, -1, x.device), lens2
+                    )
+                    h_in = h
+                d, qkv, _ = layer(d, mask2, pad2)
+                # What the half-rate layers added so far, back at the full rate.
+                h = h_in + repeat_pairs(d - d_in, t)
+                qkv = tuple(repeat_pairs(z, t, dim=2) for z in qkv)
             layers.append(h)
             qkvs.append(qkv)
         return EncoderOutput(
@@ -627,5 +693,7 @@ __all__ = [
     "attention_mask",
     "chunk_attention_mask",
     "valid_mask",
+    "pair_mean",
+    "repeat_pairs",
     "streaming_input_slices",
 ]
