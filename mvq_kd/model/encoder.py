@@ -534,7 +534,8 @@ class ConformerEncoder(nn.Module):
                 d, qkv, _ = layer(d, mask2, pad2)
                 # What the half-rate layers added so far, back at the full rate.
                 h = h_in + repeat_pairs(d - d_in, t)
-                qkv = tuple(repeat_pairs(z, t, dim=2) for z in qkv)
+                if return_qkv:
+                    qkv = tuple(repeat_pairs(z, t, dim=2) for z in qkv)
             layers.append(h)
             qkvs.append(qkv)
         return EncoderOutput(
