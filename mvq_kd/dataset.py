@@ -41,6 +41,11 @@ class AsrDataset(torch.utils.data.Dataset):
         with ``teacher_input`` (``"fbank"`` or ``"audio"``): ``teacher_inputs`` (the
         speech tracks' fbank ``(B, T, F)`` or 16 kHz audio ``(B, S)``, without noise
         or SpecAugment) and ``teacher_input_lens`` ``(B,)``, for a teacher run on the fly.
+
+    With ``tempo_perturb = a > 0`` each cut's features are resampled in time by a factor
+    drawn uniformly from ``[1 - a, 1 + a]`` (:func:`perturb_tempo`, the global ``random``
+    module) before the input transforms; frame-aligned teacher targets would no longer
+    match, so it excludes ``temporal_fields`` and ``teacher_input``.
     """
 
     def __init__(
@@ -49,19 +54,31 @@ class AsrDataset(torch.utils.data.Dataset):
         input_transforms: Sequence[Callable[[torch.Tensor], torch.Tensor]] = (),
         temporal_fields: Sequence[str] = (),
         teacher_input: Optional[str] = None,
+        tempo_perturb: float = 0.0,
     ) -> None:
         if teacher_input not in (None, "fbank", "audio"):
             raise ValueError(f"teacher_input must be fbank or audio, got {teacher_input!r}")
+        if tempo_perturb and (temporal_fields or teacher_input):
+            raise ValueError(
+                "Tempo perturbation moves frames away from frame-aligned teacher targets "
+                f"({list(temporal_fields) or teacher_input}): use --tempo-perturb 0 with "
+                "frame-level or layer-wise KD"
+            )
         self.cut_transforms = list(cut_transforms)
         self.input_transforms = list(input_transforms)
         self.temporal_fields = list(temporal_fields)
         self.teacher_input = teacher_input
+        self.tempo_perturb = tempo_perturb
 
     def __getitem__(self, cuts: CutSet) -> Dict:
         cuts = cuts.sort_by_duration(ascending=False)
         for transform in self.cut_transforms:
             cuts = transform(cuts)
         features, feature_lens = collate_features(cuts)
+        if self.tempo_perturb:
+            a = self.tempo_perturb
+            factors = torch.tensor([random.uniform(1 - a, 1 + a) for _ in range(len(cuts))])
+            features, feature_lens = perturb_tempo(features, feature_lens, factors)
         for transform in self.input_transforms:
             features = transform(features)
         texts = [c.supervisions[0].text if c.supervisions else None for c in cuts]
@@ -82,6 +99,33 @@ class AsrDataset(torch.utils.data.Dataset):
                 speech, self.teacher_input
             )
         return batch
+
+
+def perturb_tempo(features: Tensor, lens: Tensor, factors: Tensor) -> Tuple[Tensor, Tensor]:
+    """Change the tempo of each utterance of a batch in the feature domain.
+
+    Row ``i``'s ``lens[i]`` valid frames are linearly interpolated to
+    ``round(lens[i] / factors[i])`` frames (factor 1.1: 10% faster speech), which keeps
+    the spectrum (pitch and formants) as a change of speaking rate does.
+
+    Args:
+        features: ``(B, T, F)`` padded features.
+        lens: ``(B,)`` valid frames.
+        factors: ``(B,)`` tempo factors, > 0.
+
+    Returns:
+        ``(B, T2, F)`` features padded with zeros (``T2`` the longest new length) and the
+        ``(B,)`` int64 new lengths.
+    """
+    if (factors <= 0).any():
+        raise ValueError(f"tempo factors must be > 0, got {factors.tolist()}")
+    new_lens = (lens.double() / factors.double()).round().clamp(min=1).long()
+    out = features.new_zeros(features.size(0), int(new_lens.max()), features.size(2))
+    for i, (n, m) in enumerate(zip(lens.tolist(), new_lens.tolist())):
+        x = features[i, :n].t().unsqueeze(0)  # (1, F, n)
+        y = torch.nn.functional.interpolate(x, size=m, mode="linear", align_corners=False)
+        out[i, :m] = y[0].t()
+    return out, new_lens
 
 
 def collate_teacher_inputs(cuts: CutSet, input_type: str) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -143,6 +187,8 @@ class DataConfig:
         spec_augment: apply SpecAugment to training batches.
         time_warp_factor: SpecAugment time warp (0 turns it off; it misaligns
             frame-level distillation targets).
+        tempo_perturb: on-the-fly tempo perturbation (:func:`perturb_tempo`): factors
+            uniform in ``1 +- tempo_perturb`` (0: off; it misaligns frame-level targets).
         musan_cuts: optional MUSAN cuts to mix into training cuts (p=0.5, SNR 10-20 dB).
         num_workers: dataloader worker processes.
         min_duration, max_cut_duration: training cuts outside are dropped.
@@ -158,6 +204,12 @@ class DataConfig:
     num_buckets: int = option(10, "buckets of the dynamic bucketing sampler")
     spec_augment: bool = option(True, "SpecAugment on training batches")
     time_warp_factor: int = option(80, "SpecAugment time warp (0 turns time warp off)")
+    tempo_perturb: float = option(
+        0.0,
+        "tempo perturbation of the training cuts, on the fly in the feature domain: each "
+        "cut's frames resampled by a factor drawn uniformly from 1 +- this (0.2: 0.8-1.2x "
+        "the speaking rate; 0: off). Not with frame-level or layer-wise KD",
+    )
     musan_cuts: Optional[Path] = option(
         None,
         "noise cuts mixed into half of the training cuts at 10-20 dB SNR "
@@ -178,6 +230,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.unlabeled_ratio <= 0:
             raise ValueError(f"unlabeled_ratio must be > 0, got {self.unlabeled_ratio}")
+        if not 0 <= self.tempo_perturb < 0.5:
+            raise ValueError(f"tempo_perturb must be in [0, 0.5), got {self.tempo_perturb}")
 
 
 def add_manifest_args(group) -> None:
@@ -328,7 +382,9 @@ def train_dataset(
                 frames_mask_size=100,
             )
         )
-    return AsrDataset(cut_transforms, input_transforms, temporal_fields, teacher_input)
+    return AsrDataset(
+        cut_transforms, input_transforms, temporal_fields, teacher_input, cfg.tempo_perturb
+    )
 
 
 def make_sampler(
@@ -479,7 +535,11 @@ class SeededAsrDataset(AsrDataset):
 
     def __init__(self, base: AsrDataset, seed: int) -> None:
         super().__init__(
-            base.cut_transforms, base.input_transforms, base.temporal_fields, base.teacher_input
+            base.cut_transforms,
+            base.input_transforms,
+            base.temporal_fields,
+            base.teacher_input,
+            base.tempo_perturb,
         )
         self.seed = seed
 

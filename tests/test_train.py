@@ -17,7 +17,16 @@ from lhotse import CutSet, NumpyFilesWriter, load_manifest
 from lhotse.utils import fastcopy
 
 from mvq_kd.config import OptimConfig, TrainConfig
-from mvq_kd.dataset import CutFilter, DataConfig, ResumableSampler, load_cuts, make_sampler
+from mvq_kd.dataset import (
+    AsrDataset,
+    CutFilter,
+    DataConfig,
+    ResumableSampler,
+    SeededAsrDataset,
+    load_cuts,
+    make_sampler,
+    perturb_tempo,
+)
 from mvq_kd.model.encoder import EncoderConfig
 from mvq_kd.model.transducer import TransducerConfig
 from mvq_kd.trainer import Trainer
@@ -206,6 +215,46 @@ def test_musan_mixing_trains(tiny_data, tmp_path):
         assert c.tracks[1].cut.recording_id in {n.recording_id for n in noise}
     trainer.train()
     assert (tmp_path / "exp" / "epoch-1.pt").is_file()
+
+
+def test_perturb_tempo_resamples_each_utterance():
+    ramp = torch.arange(10.0)[:, None].repeat(1, 3)  # (T, F): frame t holds t
+    feats = torch.zeros(2, 10, 3)
+    feats[0], feats[1, :6] = ramp, ramp[:6]
+    out, lens = perturb_tempo(feats, torch.tensor([10, 6]), torch.tensor([1.0, 0.5]))
+    assert lens.tolist() == [10, 12] and out.shape == (2, 12, 3)
+    torch.testing.assert_close(out[0, :10], ramp)  # factor 1: unchanged
+    assert (out[0, 10:] == 0).all()  # padding
+    slow = out[1, :, 0]  # twice as slow: 12 frames of the ramp 0..5, still increasing
+    assert slow[0] == 0 and slow[-1] == 5 and (slow.diff() >= 0).all()
+    fast, lens = perturb_tempo(feats[:1], torch.tensor([10]), torch.tensor([2.0]))
+    assert lens.tolist() == [5] and fast.shape == (1, 5, 3)
+    torch.testing.assert_close(fast[0, :, 0], torch.tensor([0.5, 2.5, 4.5, 6.5, 8.5]))
+    with pytest.raises(ValueError, match="must be > 0"):
+        perturb_tempo(feats, torch.tensor([10, 6]), torch.tensor([1.0, 0.0]))
+
+
+def test_tempo_perturbation_of_training_batches(tiny_data):
+    """Every cut's length changes within the factor range, the transcripts do not; a batch
+    perturbs the same way every time (resume-exact); frame-aligned targets are refused."""
+    cuts = load_manifest(tiny_data["fbank"] / "synth_cuts_train.jsonl.gz").subset(first=6)
+    plain = AsrDataset()[cuts]
+    ds = SeededAsrDataset(AsrDataset(tempo_perturb=0.2), seed=1)
+    batch, again = ds[cuts], ds[cuts]
+    assert torch.equal(batch["features"], again["features"])
+    assert [c.id for c in batch["cuts"]] == [c.id for c in plain["cuts"]]
+    assert batch["texts"] == plain["texts"]
+    n, m = plain["feature_lens"].double(), batch["feature_lens"].double()
+    assert (m >= (n / 1.2).floor()).all() and (m <= (n / 0.8).ceil()).all()
+    assert (m != n).any() and batch["features"].shape[1] == int(m.max())
+    assert (
+        SeededAsrDataset(AsrDataset(tempo_perturb=0.2), seed=2)[cuts]["feature_lens"].tolist()
+        != m.long().tolist()
+    )
+    with pytest.raises(ValueError, match="Tempo perturbation moves frames"):
+        AsrDataset(temporal_fields=["codebook_indexes"], tempo_perturb=0.1)
+    with pytest.raises(ValueError, match="tempo_perturb must be in"):
+        DataConfig(train_cuts=[], valid_cuts=[], tempo_perturb=0.5)
 
 
 def test_torchrun_cli_two_processes(tiny_data, tmp_path):

@@ -134,6 +134,8 @@ def test_on_the_fly_teacher_matches_stored_embeddings(tiny_data, kd_data):
 def test_bad_setups_are_clear_errors(tiny_data, kd_data, tmp_path):
     with pytest.raises(ValueError, match="Time-warp SpecAugment"):
         Trainer(kd_config(tiny_data, kd_data, tmp_path / "a", MVQ, data={"spec_augment": True}))
+    with pytest.raises(ValueError, match="Tempo perturbation moves frames"):
+        Trainer(kd_config(tiny_data, kd_data, tmp_path / "a", MVQ, data={"tempo_perturb": 0.1}))
     wrong_q = FrameKdConfig(codebook_loss_scale=0.1, quantizer_id="0000")
     with pytest.raises(ValueError, match="not by the expected quantizer 0000"):
         Trainer(kd_config(tiny_data, kd_data, tmp_path / "b", wrong_q))

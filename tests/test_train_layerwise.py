@@ -148,6 +148,9 @@ def test_bad_setups_are_clear_errors(tiny_data, teacher_exp, tmp_path):
     cfg = lw_config(tiny_data, teacher_exp, tmp_path / "b", data={"spec_augment": True})
     with pytest.raises(ValueError, match="Time-warp"):
         Trainer(cfg)
+    cfg = lw_config(tiny_data, teacher_exp, tmp_path / "b", data={"tempo_perturb": 0.1})
+    with pytest.raises(ValueError, match="Tempo perturbation"):
+        Trainer(cfg)
     cfg = lw_config(tiny_data, teacher_exp, tmp_path / "c", layerwise=LayerwiseKdConfig())
     with pytest.raises(ValueError, match="unlabeled cuts only train"):
         Trainer(cfg)

@@ -29,6 +29,11 @@ def _no_time_warp(data: DataConfig, targets: str, family: str) -> None:
             f"Time-warp SpecAugment moves frames away from {targets}: use --time-warp-factor "
             f"0 (or --spec-augment false) with {family}"
         )
+    if data.tempo_perturb:
+        raise ValueError(
+            f"Tempo perturbation moves frames away from {targets}: use --tempo-perturb 0 "
+            f"with {family}"
+        )
 
 
 def build_teacher(spec: Optional[TeacherSpec], device: torch.device) -> Teacher:
