@@ -24,7 +24,7 @@ import argparse
 import dataclasses
 import typing
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 _META = "cli"
 
@@ -35,7 +35,7 @@ def option(
     *,
     flag: Optional[str] = None,
     choices: Optional[Sequence] = None,
-    nargs: Optional[str] = None,
+    nargs: Union[str, int, None] = None,
     default_factory: Any = dataclasses.MISSING,
 ) -> Any:
     """A dataclass field that is also a command-line option.
@@ -46,7 +46,7 @@ def option(
         help: the option's help text (required: every option explains itself).
         flag: the option string (default: ``--`` + the field name with dashes).
         choices: the allowed values.
-        nargs: ``"+"`` or ``"*"`` for sequence fields.
+        nargs: ``"+"`` or ``"*"`` for sequence fields, a number for fixed-size tuples.
     """
     if not help:
         raise ValueError("every option needs a help text")

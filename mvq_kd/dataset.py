@@ -189,7 +189,9 @@ class DataConfig:
             frame-level distillation targets).
         tempo_perturb: on-the-fly tempo perturbation (:func:`perturb_tempo`): factors
             uniform in ``1 +- tempo_perturb`` (0: off; it misaligns frame-level targets).
-        musan_cuts: optional MUSAN cuts to mix into training cuts (p=0.5, SNR 10-20 dB).
+        musan_cuts: optional MUSAN cuts to mix into training cuts.
+        musan_prob, musan_snr: share of the training cuts mixed with them, at an SNR
+            (dB) drawn uniformly from ``musan_snr``.
         num_workers: dataloader worker processes.
         min_duration, max_cut_duration: training cuts outside are dropped.
         seed: sampler seed (batches are a function of seed and epoch).
@@ -216,6 +218,10 @@ class DataConfig:
         "(MUSAN, or data/synth/fbank/noise_cuts_all.jsonl.gz)",
         flag="--musan",
     )
+    musan_prob: float = option(0.5, "share of the training cuts mixed with --musan noise")
+    musan_snr: Tuple[float, float] = option(
+        (10.0, 20.0), "SNR range (dB) of the --musan noise, drawn uniformly per cut", nargs=2
+    )
     num_workers: int = option(2, "dataloader worker processes")
     min_duration: float = 0.5
     max_cut_duration: float = 20.0
@@ -230,6 +236,11 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.unlabeled_ratio <= 0:
             raise ValueError(f"unlabeled_ratio must be > 0, got {self.unlabeled_ratio}")
+        if not 0 < self.musan_prob <= 1 or self.musan_snr[0] > self.musan_snr[1]:
+            raise ValueError(
+                f"musan_prob must be in (0, 1] and musan_snr (low, high), got {self.musan_prob} "
+                f"and {self.musan_snr}"
+            )
         if not 0 <= self.tempo_perturb < 0.5:
             raise ValueError(f"tempo_perturb must be in [0, 0.5), got {self.tempo_perturb}")
 
@@ -369,8 +380,10 @@ def train_dataset(
     frame-level teacher targets (see :class:`AsrDataset`)."""
     cut_transforms = []
     if cfg.musan_cuts is not None:
-        logging.info(f"Mixing noise from {cfg.musan_cuts} (p=0.5, SNR 10-20 dB)")
-        cut_transforms.append(NoiseMix(load_manifest_lazy(cfg.musan_cuts).to_eager()))
+        (low, high), p = cfg.musan_snr, cfg.musan_prob
+        logging.info(f"Mixing noise from {cfg.musan_cuts} (p={p:g}, SNR {low:g}-{high:g} dB)")
+        noise = load_manifest_lazy(cfg.musan_cuts).to_eager()
+        cut_transforms.append(NoiseMix(noise, p=p, snr=(low, high)))
     input_transforms = []
     if cfg.spec_augment:
         input_transforms.append(

@@ -128,6 +128,19 @@ def test_config_round_trip_keeps_the_dataclass_defaults(train_cli, tiny_data, tm
     assert cfg.model.ctc_head is False and cfg.frame_kd.quantizer_id is None
 
 
+def test_augmentation_options_parse(train_cli, tiny_data, tmp_path):
+    base = ["--exp-dir", str(tmp_path), "--bpe-model", str(tiny_data["bpe_model"])]
+    extra = ["--musan-prob", "0.8", "--musan-snr", "0", "20", "--tempo-perturb", "0.1"]
+    cfg = train_cli.build_config(train_cli.get_parser().parse_args(base + extra))
+    assert (cfg.data.musan_prob, cfg.data.musan_snr, cfg.data.tempo_perturb) == (
+        0.8,
+        (0.0, 20.0),
+        0.1,
+    )
+    with pytest.raises(SystemExit):  # two numbers or none
+        train_cli.get_parser().parse_args(base + ["--musan-snr", "5"])
+
+
 def test_config_options_are_declared_only_in_the_configs():
     """train.py adds by hand only the options that are not config fields."""
     from mvq_kd.config import OptimConfig, TrainConfig

@@ -215,6 +215,17 @@ def test_musan_mixing_trains(tiny_data, tmp_path):
         assert c.tracks[1].cut.recording_id in {n.recording_id for n in noise}
     trainer.train()
     assert (tmp_path / "exp" / "epoch-1.pt").is_file()
+    # --musan-prob 1 --musan-snr 0 5: every cut mixed, at 0-5 dB
+    data = {"musan_cuts": noise_path, "musan_prob": 1.0, "musan_snr": (0.0, 5.0)}
+    trainer = Trainer(tiny_config(tiny_data, tmp_path / "exp2", data=data))
+    trainer.sampler.set_epoch(1)
+    cuts = [c for batch in trainer.train_loader for c in batch["cuts"]]
+    assert all(type(c).__name__ == "MixedCut" for c in cuts)
+    snrs = [t.snr for c in cuts for t in c.tracks[1:]]
+    assert snrs and all(0.0 <= snr <= 5.0 for snr in snrs)
+    for bad in ({"musan_prob": 0.0}, {"musan_snr": (20.0, 10.0)}):
+        with pytest.raises(ValueError, match="musan_prob must be in"):
+            DataConfig(train_cuts=[], valid_cuts=[], **bad)
 
 
 def test_perturb_tempo_resamples_each_utterance():

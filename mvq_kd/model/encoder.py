@@ -527,9 +527,7 @@ class ConformerEncoder(nn.Module):
                     d_in, lens2 = pair_mean(h, out_lens)
                     t2, d = d_in.size(1), d_in
                     pad2 = ~valid_mask(lens2, t2)
-                    mask2 = attention_mask(
-                        chunk_attention_mask(t2, -1, -1, x.device), lens2
-                    )
+                    mask2 = attention_mask(chunk_attention_mask(t2, -1, -1, x.device), lens2)
                     h_in = h
                 d, qkv, _ = layer(d, mask2, pad2)
                 # What the half-rate layers added so far, back at the full rate.
