@@ -27,6 +27,7 @@ RECIPE = REPO / "egs/synth/experiments.yaml"
 spec = importlib.util.spec_from_file_location("run_experiments", REPO / "local/run_experiments.py")
 driver = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(driver)
+TEACHER_EPOCHS = int(Recipe.load(RECIPE).settings["teacher_epochs"])
 
 
 def dry_run(*args) -> list:
@@ -105,12 +106,13 @@ def test_synth_commands_parse(tmp_path, drive):
     for cmd in decodes:
         args = decode_cli.get_parser().parse_args(cmd)  # exits on an unknown option
         teacher = args.exp_dir.name == "teacher"
-        assert args.epoch == (8 if teacher else 10) and args.avg == 3
+        assert args.epoch == (TEACHER_EPOCHS if teacher else 10) and args.avg == 3
     for cmd in trains:
         args = train_cli.get_parser().parse_args(cmd)
         name = args.exp_dir.name
         assert args.exp_dir.parent == tmp_path and args.seed == 42
-        assert args.num_epochs == (8 if name == "teacher" else 10) and args.start_epoch == 1
+        assert args.num_epochs == (TEACHER_EPOCHS if name == "teacher" else 10)
+        assert args.start_epoch == 1
         if name == "teacher":  # the teacher alone learns from train-teacher
             assert args.train_parts == ["train", "train-teacher"] and args.dropout == 0
         else:
@@ -127,7 +129,8 @@ def test_synth_commands_parse(tmp_path, drive):
             else:
                 assert args.quantizer is not None
         if args.teacher_model is not None:
-            assert str(args.teacher_model) == str(tmp_path / "teacher") and args.teacher_epoch == 8
+            assert str(args.teacher_model) == str(tmp_path / "teacher")
+            assert args.teacher_epoch == TEACHER_EPOCHS
 
 
 def test_seeds_and_suffix_name_the_folders(tmp_path, drive):
@@ -194,7 +197,7 @@ def test_training_resumes_after_last_epoch_and_skips_finished(tmp_path, drive):
     lines = (teacher / "train.log").read_text().splitlines()
     assert lines[0] == first.strip()  # appended, not overwritten
     assert lines[1] == first.strip() + " --start-epoch 4"
-    (teacher / "epoch-8.pt").touch()
+    (teacher / f"epoch-{TEACHER_EPOCHS}.pt").touch()
     assert "teacher is trained, skipping" in drive(exp, *args)
     assert len((teacher / "train.log").read_text().splitlines()) == 2
     # A finished run is not printed by a dry run either; an unfinished one is.
@@ -368,7 +371,8 @@ def test_train_decode_rows_end_to_end(tmp_path, drive):
                                      "student-baseline-seed43", "student-mvq-kd",
                                      "student-mvq-kd-seed43"]  # fmt: skip
     mvq = rows[-1]
-    assert (mvq.family, mvq.seed, mvq.teacher, mvq.streaming) == ("mvq", 43, "teacher@8", True)
+    assert (mvq.family, mvq.seed, mvq.streaming) == ("mvq", 43, True)
+    assert mvq.teacher == f"teacher@{TEACHER_EPOCHS}"
     assert (mvq.test_clean, mvq.test_other, mvq.train_minutes) == (50.0, 75.5, 10)
     assert mvq.command.startswith(f"./train.py --exp-dir {tmp_path}/exp/student-mvq-kd-seed43 ")
     assert "regenerated" in out and md.read_text().startswith("# Results on the embedded")
