@@ -214,8 +214,8 @@ class DataConfig:
     )
     musan_cuts: Optional[Path] = option(
         None,
-        "noise cuts mixed into half of the training cuts at 10-20 dB SNR "
-        "(MUSAN, or data/synth/fbank/noise_cuts_all.jsonl.gz)",
+        "noise cuts mixed into the training cuts (--musan-prob of them, at --musan-snr; "
+        "MUSAN, or data/synth/fbank/noise_cuts_all.jsonl.gz)",
         flag="--musan",
     )
     musan_prob: float = option(0.5, "share of the training cuts mixed with --musan noise")
