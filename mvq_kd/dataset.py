@@ -70,6 +70,14 @@ class AsrDataset(torch.utils.data.Dataset):
         self.teacher_input = teacher_input
         self.tempo_perturb = tempo_perturb
 
+    def set_epoch(self, epoch: int) -> None:
+        """Pass the (1-based) epoch to the transforms that change with it (e.g.
+        :class:`NoiseMix`'s warm-up). Call it before the epoch's loader iterator is created:
+        worker processes get a copy of the dataset then."""
+        for transform in self.cut_transforms:
+            if hasattr(transform, "set_epoch"):
+                transform.set_epoch(epoch)
+
     def __getitem__(self, cuts: CutSet) -> Dict:
         cuts = cuts.sort_by_duration(ascending=False)
         for transform in self.cut_transforms:
@@ -192,6 +200,9 @@ class DataConfig:
         musan_cuts: optional MUSAN cuts to mix into training cuts.
         musan_prob, musan_snr: share of the training cuts mixed with them, at an SNR
             (dB) drawn uniformly from ``musan_snr``.
+        musan_warmup_epochs, musan_warmup_prob, musan_warmup_snr: the first
+            ``musan_warmup_epochs`` epochs mix at the warm-up share and SNR instead (a
+            model that meets loud noise from the start can stay on the blank plateau).
         num_workers: dataloader worker processes.
         min_duration, max_cut_duration: training cuts outside are dropped.
         seed: sampler seed (batches are a function of seed and epoch).
@@ -222,6 +233,17 @@ class DataConfig:
     musan_snr: Tuple[float, float] = option(
         (10.0, 20.0), "SNR range (dB) of the --musan noise, drawn uniformly per cut", nargs=2
     )
+    musan_warmup_epochs: int = option(
+        0,
+        "the first this many epochs mix --musan noise at --musan-warmup-prob and "
+        "--musan-warmup-snr instead of --musan-prob and --musan-snr (0: no warm-up)",
+    )
+    musan_warmup_prob: float = option(
+        0.5, "share of the training cuts mixed with --musan noise during the warm-up epochs"
+    )
+    musan_warmup_snr: Tuple[float, float] = option(
+        (10.0, 20.0), "SNR range (dB) of the --musan noise during the warm-up epochs", nargs=2
+    )
     num_workers: int = option(2, "dataloader worker processes")
     min_duration: float = 0.5
     max_cut_duration: float = 20.0
@@ -236,11 +258,15 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.unlabeled_ratio <= 0:
             raise ValueError(f"unlabeled_ratio must be > 0, got {self.unlabeled_ratio}")
-        if not 0 < self.musan_prob <= 1 or self.musan_snr[0] > self.musan_snr[1]:
-            raise ValueError(
-                f"musan_prob must be in (0, 1] and musan_snr (low, high), got {self.musan_prob} "
-                f"and {self.musan_snr}"
-            )
+        for name in ("musan", "musan_warmup"):
+            prob, snr = getattr(self, f"{name}_prob"), getattr(self, f"{name}_snr")
+            if not 0 < prob <= 1 or snr[0] > snr[1]:
+                raise ValueError(
+                    f"{name}_prob must be in (0, 1] and {name}_snr (low, high), got {prob} "
+                    f"and {snr}"
+                )
+        if self.musan_warmup_epochs < 0:
+            raise ValueError(f"musan_warmup_epochs must be >= 0, got {self.musan_warmup_epochs}")
         if not 0 <= self.tempo_perturb < 0.5:
             raise ValueError(f"tempo_perturb must be in [0, 0.5), got {self.tempo_perturb}")
 
@@ -335,19 +361,44 @@ class NoiseMix:
     Unlike lhotse's ``CutMix``, which keeps one RNG across batches, the choices are
     drawn from the global ``random`` module, so a dataset that seeds it per batch
     (:class:`SeededAsrDataset`) mixes reproducibly, also after resuming.
+
+    With ``warmup_epochs = N > 0``, epochs 1 to N (as set by :meth:`set_epoch`) mix
+    with probability ``warmup_p`` at ``warmup_snr`` instead of ``p`` and ``snr``.
     """
 
-    def __init__(self, noise: CutSet, p: float = 0.5, snr=(10.0, 20.0)) -> None:
+    def __init__(
+        self,
+        noise: CutSet,
+        p: float = 0.5,
+        snr: Tuple[float, float] = (10.0, 20.0),
+        warmup_epochs: int = 0,
+        warmup_p: float = 0.5,
+        warmup_snr: Tuple[float, float] = (10.0, 20.0),
+    ) -> None:
         if len(noise) == 0:
             raise ValueError("The noise cut set is empty")
         self.noise, self.p, self.snr = noise, p, snr
+        self.warmup_epochs, self.warmup_p, self.warmup_snr = warmup_epochs, warmup_p, warmup_snr
+        self.epoch = 1
+
+    def set_epoch(self, epoch: int) -> None:
+        """Mix as epoch ``epoch`` (1-based) does from the next batch on."""
+        self.epoch = epoch
+
+    @property
+    def setting(self) -> Tuple[float, Tuple[float, float]]:
+        """The mixing probability and SNR range (dB) of the current epoch."""
+        if self.epoch <= self.warmup_epochs:
+            return self.warmup_p, self.warmup_snr
+        return self.p, self.snr
 
     def __call__(self, cuts: CutSet) -> CutSet:
+        p, snr = self.setting
         return cuts.mix(
             cuts=self.noise,
             duration=max(c.duration for c in cuts),
-            snr=self.snr,
-            mix_prob=self.p,
+            snr=snr,
+            mix_prob=p,
             preserve_id="left",  # the mixed cut keeps the speech cut's id
             seed=random.Random(random.getrandbits(64)),
         ).to_eager()
@@ -381,9 +432,27 @@ def train_dataset(
     cut_transforms = []
     if cfg.musan_cuts is not None:
         (low, high), p = cfg.musan_snr, cfg.musan_prob
-        logging.info(f"Mixing noise from {cfg.musan_cuts} (p={p:g}, SNR {low:g}-{high:g} dB)")
+        warmup = ""
+        if cfg.musan_warmup_epochs:
+            (wlow, whigh), wp = cfg.musan_warmup_snr, cfg.musan_warmup_prob
+            warmup = (
+                f" after {cfg.musan_warmup_epochs} warm-up epoch(s) at p={wp:g}, "
+                f"SNR {wlow:g}-{whigh:g} dB"
+            )
+        logging.info(
+            f"Mixing noise from {cfg.musan_cuts} (p={p:g}, SNR {low:g}-{high:g} dB{warmup})"
+        )
         noise = load_manifest_lazy(cfg.musan_cuts).to_eager()
-        cut_transforms.append(NoiseMix(noise, p=p, snr=(low, high)))
+        cut_transforms.append(
+            NoiseMix(
+                noise,
+                p=p,
+                snr=(low, high),
+                warmup_epochs=cfg.musan_warmup_epochs,
+                warmup_p=cfg.musan_warmup_prob,
+                warmup_snr=tuple(cfg.musan_warmup_snr),
+            )
+        )
     input_transforms = []
     if cfg.spec_augment:
         input_transforms.append(

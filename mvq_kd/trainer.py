@@ -278,6 +278,7 @@ class Trainer:
         model.train()
         self.train_cuts.set_epoch(self.epoch)
         self.sampler.set_epoch(self.epoch)
+        self.train_loader.dataset.set_epoch(self.epoch)  # before the workers copy it
         self.sampler.skip = self.batch_in_epoch
         self.cut_filter.reset()
         totals: Dict[str, float] = {}

@@ -131,12 +131,11 @@ def test_config_round_trip_keeps_the_dataclass_defaults(train_cli, tiny_data, tm
 def test_augmentation_options_parse(train_cli, tiny_data, tmp_path):
     base = ["--exp-dir", str(tmp_path), "--bpe-model", str(tiny_data["bpe_model"])]
     extra = ["--musan-prob", "0.8", "--musan-snr", "0", "20", "--tempo-perturb", "0.1"]
-    cfg = train_cli.build_config(train_cli.get_parser().parse_args(base + extra))
-    assert (cfg.data.musan_prob, cfg.data.musan_snr, cfg.data.tempo_perturb) == (
-        0.8,
-        (0.0, 20.0),
-        0.1,
-    )
+    extra += ["--musan-warmup-epochs", "1", "--musan-warmup-prob", "0.4"]
+    extra += ["--musan-warmup-snr", "15", "25"]
+    d = train_cli.build_config(train_cli.get_parser().parse_args(base + extra)).data
+    assert (d.musan_prob, d.musan_snr, d.tempo_perturb) == (0.8, (0.0, 20.0), 0.1)
+    assert (d.musan_warmup_epochs, d.musan_warmup_prob, d.musan_warmup_snr) == (1, 0.4, (15, 25))
     with pytest.raises(SystemExit):  # two numbers or none
         train_cli.get_parser().parse_args(base + ["--musan-snr", "5"])
 

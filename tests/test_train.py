@@ -228,6 +228,39 @@ def test_musan_mixing_trains(tiny_data, tmp_path):
             DataConfig(train_cuts=[], valid_cuts=[], **bad)
 
 
+def test_musan_warmup_switches_the_noise_by_epoch(tiny_data, tmp_path):
+    # --musan-warmup-epochs 1: epoch 1 mixes at the warm-up setting, epoch 2 at --musan-snr;
+    # the dataset lives in a worker process (num_workers 1), which must see the epoch.
+    noise = load_manifest(tiny_data["fbank"] / "synth_cuts_train-unlabeled.jsonl.gz")
+    noise = CutSet.from_cuts(fastcopy(c, supervisions=[]) for c in noise)
+    noise_path = tmp_path / "noise.jsonl.gz"
+    noise.to_file(noise_path)
+    data = {
+        "musan_cuts": noise_path, "musan_prob": 1.0, "musan_snr": (0.0, 5.0), "num_workers": 1,
+        "musan_warmup_epochs": 1, "musan_warmup_prob": 1.0, "musan_warmup_snr": (30.0, 40.0),
+    }  # fmt: skip
+    trainer = Trainer(tiny_config(tiny_data, tmp_path / "exp", data=data, num_epochs=2))
+    snrs = {}
+    train_step = trainer.train_step
+
+    def recording_step(batch):
+        snrs.setdefault(trainer.epoch, []).extend(
+            t.snr for c in batch["cuts"] for t in c.tracks[1:]
+        )
+        return train_step(batch)
+
+    trainer.train_step = recording_step
+    trainer.train()
+    assert set(snrs) == {1, 2} and snrs[1] and snrs[2]
+    assert all(30.0 <= snr <= 40.0 for snr in snrs[1]), "epoch 1: the warm-up noise"
+    assert all(0.0 <= snr <= 5.0 for snr in snrs[2]), "epoch 2: --musan-snr"
+    for bad in ({"musan_warmup_prob": 1.5}, {"musan_warmup_snr": (20.0, 10.0)}):
+        with pytest.raises(ValueError, match="musan_warmup_prob must be in"):
+            DataConfig(train_cuts=[], valid_cuts=[], **bad)
+    with pytest.raises(ValueError, match="musan_warmup_epochs must be >= 0"):
+        DataConfig(train_cuts=[], valid_cuts=[], musan_warmup_epochs=-1)
+
+
 def test_perturb_tempo_resamples_each_utterance():
     ramp = torch.arange(10.0)[:, None].repeat(1, 3)  # (T, F): frame t holds t
     feats = torch.zeros(2, 10, 3)
