@@ -71,6 +71,7 @@ teacher_epoch=0         # conformer teacher: last epoch
 teacher_avg=1           # conformer teacher: epochs averaged
 num_codebooks=8         # bytes per teacher frame
 mvq_num_cuts=1000       # training cuts whose embeddings train the quantizer
+quantizer_ridge=        # stage 6: ridge values tried, e.g. "0.01" (default: the quantizer's)
 store_embeddings=false  # also store fp16 teacher embeddings (L1/L2 KD baselines)
 mvq_dir=                # default: <data-dir>/mvq
 # Sequence-level KD (stage 8)
@@ -82,7 +83,7 @@ nbest_dir=              # default: <data-dir>/nbest
 options="corpus stage stop_stage dl_dir data_dir nj vocab_size speed_perturb musan skip_bad_audio text_norm
  validate_audio  full_libri unlabeled_libri parts librispeech_url src_manifest_dir prefix train_parts dev_parts
  test_parts synth_train_hours synth_unlabeled_hours synth_teacher_hours synth_seed synth_noise_files teacher_kind teacher_model
- teacher_layer teacher_epoch teacher_avg num_codebooks mvq_num_cuts store_embeddings mvq_dir
+ teacher_layer teacher_epoch teacher_avg num_codebooks mvq_num_cuts quantizer_ridge store_embeddings mvq_dir
  nbest_beam nbest nbest_input_dir nbest_dir"
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -253,7 +254,8 @@ fi
 if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   log "Stage 6: quantizer ($num_codebooks bytes per frame) -> $mvq_dir/quantizer.pt"
   $python "$here/local/train_quantizer.py" --embeddings "$mvq_dir/embeddings.pt" \
-    --num-codebooks $num_codebooks --output "$mvq_dir/quantizer.pt"
+    --num-codebooks $num_codebooks --output "$mvq_dir/quantizer.pt" \
+    ${quantizer_ridge:+--ridge $quantizer_ridge}
 fi
 
 if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then

@@ -24,19 +24,26 @@ CPU = torch.device("cpu")
 def mvq_dir(tiny_data, teacher_exp, tmp_path_factory) -> Path:
     """Runs ./prepare.sh --stage 5 --stop-stage 7 once for the module."""
     out = tmp_path_factory.mktemp("mvq") / "mvq"
-    subprocess.run(
+    proc = subprocess.run(
         [
             "./prepare.sh", "--stage", "5", "--stop-stage", "7",
             "--data-dir", str(tiny_data["fbank"].parent), "--mvq-dir", str(out),
             "--teacher-model", str(teacher_exp), "--teacher-epoch", "1",
             "--teacher-layer", "2", "--num-codebooks", "4", "--mvq-num-cuts", "100",
+            "--quantizer-ridge", "0.05",
         ],
-        cwd=REPO, check=True, env={**os.environ, "PYTHON": str(Path(os.sys.executable))},
+        cwd=REPO, env={**os.environ, "PYTHON": str(Path(os.sys.executable))},
+        capture_output=True, text=True,
     )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (out.parent / "prepare.log").write_text(proc.stdout + proc.stderr)
     return out
 
 
 def test_prepare_stages_write_plain_lhotse_manifests(mvq_dir, tiny_data, teacher_exp):
+    log = (mvq_dir.parent / "prepare.log").read_text()
+    assert "quantizer ridge 0.05 round 1" in log, "--quantizer-ridge reaches the quantizer"
+    assert "ridge 0.01 round" not in log and "ridge 0.1 round" not in log
     cuts = load_manifest(mvq_dir / "synth_cuts_train.jsonl.gz")
     source = load_manifest(tiny_data["fbank"] / "synth_cuts_train.jsonl.gz")
     assert [c.id for c in cuts] == [c.id for c in source]

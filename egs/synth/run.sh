@@ -98,7 +98,7 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
     log "Stage 3: teacher codebook indexes and embeddings -> data/synth/mvq"
     ./prepare.sh --corpus synth --vocab-size $vocab --stage 5 --stop-stage 7 $teacher \
       --teacher-layer $teacher_layer --num-codebooks 8 --mvq-num-cuts 1500 \
-      --store-embeddings true
+      --quantizer-ridge 0.01 --store-embeddings true
   fi
   for pair in "nbest|data/synth/fbank" "mvq-nbest|data/synth/mvq"; do
     if echo "$needs" | grep -qx "${pair%%|*}"; then
