@@ -550,13 +550,16 @@ def effects_synth_run(v, world: World):
             ex = importlib.import_module("mvq_kd.experiments")
             recipe = ex.Recipe.load(REPO / ns.recipe)
             needs = recipe.needs(recipe.select(ns.groups, ns.only, ns.exclude))
-            if "mvq" in needs:
-                yield from effects_prepare(dict(prep, stage="5", stop_stage="7"), world)
+            if "mvq" in needs:  # --parts train: no experiment reads train-unlabeled's
+                yield from effects_prepare(
+                    dict(prep, stage="5", stop_stage="7", parts="train"), world
+                )
             for need, source in (("nbest", "data/synth/fbank"), ("mvq-nbest", "data/synth/mvq")):
                 if need in needs:
+                    parts = "train" if need == "mvq-nbest" else ""
                     yield from effects_prepare(
                         dict(prep, stage="8", stop_stage="8", nbest_input_dir=source,
-                             nbest_dir=f"data/synth/{need}"), world)  # fmt: skip
+                             nbest_dir=f"data/synth/{need}", parts=parts), world)  # fmt: skip
         elif s == 4:
             yield from drive(*students, "--steps", "train")
         elif s == 5:

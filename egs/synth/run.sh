@@ -24,9 +24,10 @@
 #   2  train the student baseline: streaming Conformer 4 x 128 (chunk 160 ms, left 640 ms);
 #      with --train-jobs 2 (the default) and stage 4 to come, in stage 4 beside the students
 #   3  what the selected students need from the teacher: ./prepare.sh stages 5-7 (layer-4
-#      embeddings -> 8-byte quantizer -> codebook indexes and fp16 embeddings of every
-#      training and unlabeled cut, data/synth/mvq) and stage 8 (the teacher's 4-best lists,
-#      data/synth/nbest and data/synth/mvq-nbest) when a selected group needs it
+#      embeddings -> 8-byte quantizer -> codebook indexes and fp16 embeddings of the
+#      train cuts, data/synth/mvq: no experiment reads train-unlabeled's) and stage 8 (the
+#      teacher's 4-best lists of train and train-unlabeled, data/synth/nbest, and of the
+#      MVQ cuts, data/synth/mvq-nbest) when a selected group needs it
 #   4  train the students of the selected groups (finished ones are skipped, interrupted
 #      ones resumed; --train-jobs N trains N at once with one thread each)
 #   5  decode the teacher, the baseline (both not with --exp-suffix) and the students of
@@ -98,13 +99,16 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
     log "Stage 3: teacher codebook indexes and embeddings -> data/synth/mvq"
     ./prepare.sh --corpus synth --vocab-size $vocab --stage 5 --stop-stage 7 $teacher \
       --teacher-layer $teacher_layer --num-codebooks 8 --mvq-num-cuts 1500 \
-      --quantizer-ridge 0.01 --store-embeddings true
+      --quantizer-ridge 0.01 --store-embeddings true --parts train
   fi
   for pair in "nbest|data/synth/fbank" "mvq-nbest|data/synth/mvq"; do
     if echo "$needs" | grep -qx "${pair%%|*}"; then
       log "Stage 3: the teacher's 4-best lists of ${pair##*|} -> data/synth/${pair%%|*}"
+      parts=""  # the MVQ cuts: train only (above)
+      if [ "${pair%%|*}" = mvq-nbest ]; then parts="--parts train"; fi
       ./prepare.sh --corpus synth --vocab-size $vocab --stage 8 --stop-stage 8 $teacher \
-        --nbest-beam 4 --nbest 4 --nbest-input-dir ${pair##*|} --nbest-dir data/synth/${pair%%|*}
+        --nbest-beam 4 --nbest 4 --nbest-input-dir ${pair##*|} --nbest-dir data/synth/${pair%%|*} \
+        $parts
     fi
   done
 fi
